@@ -1,0 +1,162 @@
+"""A tiny config mechanism: a nested defaults table, YAML files over it, then ``--section.key value`` overrides.
+
+Every key must already exist in the defaults table, so a typo stops the run with the list of accepted keys instead of
+being silently ignored. Values are parsed as YAML (``0.1``, ``true``, ``[0.0, 0.999]``) and checked against the type of
+the default and against the optional ``choices`` and ``checks`` tables of the caller.
+"""
+import copy
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config file, key or value; the message says what is accepted."""
+
+
+class Config(dict):
+    """A nested dict whose keys can also be read as attributes (``cfg.train.batch_size``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def __deepcopy__(self, memo):
+        return Config({key: copy.deepcopy(value, memo) for key, value in self.items()})
+
+    def to_dict(self) -> dict:
+        return {key: value.to_dict() if isinstance(value, Config) else value for key, value in self.items()}
+
+
+def as_config(tree: Mapping) -> Config:
+    return Config({key: as_config(value) if isinstance(value, Mapping) else value for key, value in tree.items()})
+
+
+def _coerce(path: str, value: Any, default: Any) -> Any:
+    """Fit ``value`` to the type of ``default``; None defaults accept anything."""
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif isinstance(default, (list, tuple)):
+        if isinstance(value, (list, tuple)):
+            return list(value)
+    raise ConfigError(f"bad value for '{path}': {value!r} (expected {type(default).__name__}, like the default {default!r})")
+
+
+def _merge(base: Config, update: Mapping, prefix: str = "") -> None:
+    for key, value in update.items():
+        key = str(key).replace("-", "_")
+        path = f"{prefix}{key}"
+        if key not in base:
+            accepted = ", ".join(sorted(base))
+            raise ConfigError(f"unknown config key '{path}'; accepted keys{' in ' + prefix[:-1] if prefix else ''}: {accepted}")
+        if isinstance(base[key], Config):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"'{path}' is a section (keys: {', '.join(sorted(base[key]))}), not a value")
+            _merge(base[key], value, path + ".")
+        else:
+            base[key] = _coerce(path, value, base[key])
+
+
+def _nest(path: str, value: Any) -> dict:
+    tree: dict = {}
+    node = tree
+    parts = path.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return tree
+
+
+def parse_overrides(argv: Sequence[str], aliases: Mapping[str, str] = ()) -> tuple[list[str], list[tuple[str, Any]]]:
+    """Split ``--config FILE`` (repeatable) from ``--key value`` / ``--key=value`` pairs; a bare ``--flag`` means true."""
+    aliases = dict(aliases)
+    files, overrides = [], []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}; options look like --section.key value")
+        name, has_value, value = arg[2:].partition("=")
+        if not has_value:
+            if i + 1 < len(args) and not args[i + 1].startswith("--"):
+                value, i = args[i + 1], i + 1
+            else:
+                value = "true"
+        i += 1
+        name = aliases.get(name, name)
+        if name == "config":
+            files.append(value)
+        else:
+            overrides.append((name.replace("-", "_"), yaml.safe_load(value) if value != "" else None))
+    return files, overrides
+
+
+def load_config(
+    defaults: Mapping,
+    argv: Sequence[str] = (),
+    aliases: Mapping[str, str] = (),
+    choices: Mapping[str, Sequence] = (),
+    checks: Mapping[str, tuple[Callable[[Any], bool], str]] = (),
+    base_files: Sequence[str] = (),
+) -> Config:
+    """Defaults, then ``base_files`` and ``--config`` files in order, then command-line overrides; validated."""
+    cfg = as_config(copy.deepcopy(dict(defaults)))
+    files, overrides = parse_overrides(argv, aliases)
+    for file in [*base_files, *files]:
+        path = Path(file)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {file} (pass an existing YAML file to --config)")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"config file {file} is not valid YAML: {error}".splitlines()[0]) from None
+        if not isinstance(tree, Mapping):
+            raise ConfigError(f"config file {file} must hold a mapping of sections, not {type(tree).__name__}")
+        _merge(cfg, tree)
+    for path, value in overrides:
+        _merge(cfg, _nest(path, value))
+    validate(cfg, choices, checks)
+    return cfg
+
+
+def get(cfg: Config, path: str) -> Any:
+    node = cfg
+    for part in path.split("."):
+        node = node[part]
+    return node
+
+
+def validate(cfg: Config, choices: Mapping[str, Sequence] = (), checks: Mapping = ()) -> None:
+    for path, allowed in dict(choices).items():
+        value = get(cfg, path)
+        if value not in allowed:
+            raise ConfigError(f"bad value for '{path}': {value!r}; accepted: {', '.join(map(str, allowed))}")
+    for path, (check, expected) in dict(checks).items():
+        value = get(cfg, path)
+        if not check(value):
+            raise ConfigError(f"bad value for '{path}': {value!r} (expected {expected})")
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

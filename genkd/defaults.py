@@ -1,0 +1,115 @@
+"""The GAN track's one defaults table: every key a config file or ``--section.key`` may set, with its default.
+
+The defaults are the paper protocol (DiffAugment BigGAN-CIFAR, as used by KD-DLGAN and VkD) on CIFAR-10 at 100 %.
+"""
+from genkd.config import Config, load_config
+
+DEFAULTS = {
+    "run_dir": "runs/cifar10",
+    "seed": 0,
+    "data": {
+        "dataset": "cifar10",  # cifar10 | cifar100 (torchvision) | npz (a file like ../shared/data/cifar10.npz) | folder
+        "root": "data",  # torchvision root, .npz path or image folder (one sub-folder per class)
+        "download": True,  # torchvision datasets only; off = fail fast with a clear error when files are missing
+        "frac": 1.0,  # fraction of the training set, in (0, 1]
+        "balanced": False,  # same share of every class instead of a plain random subset
+        "subset_seed": 0,  # seed of the subset draw (the reference protocol uses 0)
+        "num_workers": 2,
+    },
+    "model": {
+        "g_width": 64,  # generator channel multiplier
+        "d_width": 64,  # discriminator channel multiplier
+        "z_dim": 128,
+        "shared_dim": 128,  # shared class embedding feeding every conditional batch norm
+        "g_blocks": 3,  # up-sampling residual blocks: 4 -> 32 pixels
+        "d_blocks": 4,  # down-sampling residual blocks (the last ones keep the resolution at 32x32 inputs)
+    },
+    "train": {
+        "steps": 0,  # generator steps; 0 = the paper's count for this dataset and fraction (see protocol_steps)
+        "batch_size": 50,  # per process
+        "d_steps": 4,  # discriminator steps per generator step
+        "g_lr": 2e-4,
+        "d_lr": 2e-4,
+        "betas": [0.0, 0.999],
+        "ema_decay": 0.9999,
+        "ema_start": 1000,  # generator step at which the EMA copy starts averaging (a plain copy before)
+        "diffaug": "translation,cutout",  # comma-separated subset of color, translation, cutout; "" = none
+        "mixed_precision": "no",  # no | fp16 | bf16 (accelerate)
+        "log_every": 100,
+        "sample_every": 1000,
+        "ckpt_every": 5000,
+    },
+    "distill": {
+        "enabled": False,  # off = the plain DiffAugment baseline
+        "method": "vkd",  # vkd | fitnets | spkd | pkt
+        "teacher": "ViT-B-32",  # open_clip model name
+        "pretrained": "openai",  # open_clip pretrained tag (downloads when online)
+        "weights": None,  # local weights file; takes precedence over `pretrained`
+        "random_teacher": False,  # random weights, for tests and offline smoke runs only
+        "preprocess": "clip",  # clip | kd-dlgan
+        "dtype": "fp32",  # fp32 | bf16 | fp16 (teacher forward only; GPU)
+        "projector": "orthogonal",  # identity | linear | orthogonal
+        "orthogonal_map": "matrix_exp",  # matrix_exp | cayley
+        "norm": "whitening",  # none | layernorm | whitening
+        "loss": "mse",  # mse | smooth_l1
+        "weight": 1.0,  # lambda
+    },
+    "eval": {
+        "every": 0,  # generator steps between evaluations during training; 0 = never
+        "num_samples": 10000,
+        "batch_size": 500,
+        "split": "test",  # reference statistics from this split of the training dataset
+        "inception_weights": None,  # local Inception-v3 (torch-fidelity inception-v3-compat) weights file
+        "prdc_k": 5,
+    },
+}
+
+CHOICES = {
+    "data.dataset": ("cifar10", "cifar100", "npz", "folder"),
+    "train.mixed_precision": ("no", "fp16", "bf16"),
+    "distill.method": ("vkd", "fitnets", "spkd", "pkt"),
+    "distill.preprocess": ("clip", "kd-dlgan"),
+    "distill.dtype": ("fp32", "bf16", "fp16"),
+    "distill.projector": ("identity", "linear", "orthogonal"),
+    "distill.orthogonal_map": ("matrix_exp", "cayley"),
+    "distill.norm": ("none", "layernorm", "whitening"),
+    "distill.loss": ("mse", "smooth_l1"),
+    "eval.split": ("train", "test"),
+}
+
+CHECKS = {
+    "data.frac": (lambda f: 0.0 < f <= 1.0, "a fraction in (0, 1], e.g. --data-frac 0.1"),
+    "train.steps": (lambda n: n >= 0, "a number of generator steps >= 0 (0 = the paper's count)"),
+    "train.batch_size": (lambda n: n >= 1, "a batch size >= 1"),
+    "train.d_steps": (lambda n: n >= 1, "discriminator steps per generator step >= 1"),
+    "train.ema_decay": (lambda d: 0.0 <= d < 1.0, "a decay in [0, 1)"),
+    "train.diffaug": (
+        lambda s: all(p in ("color", "translation", "cutout") for p in s.split(",") if p),
+        "a comma-separated subset of color, translation, cutout",
+    ),
+    "model.g_blocks": (lambda n: n >= 1, "at least one up-sampling block"),
+    "model.d_blocks": (lambda n: n >= 1, "at least one down-sampling block"),
+    "eval.num_samples": (lambda n: n >= 1, "a number of samples >= 1"),
+}
+
+ALIASES = {"data-frac": "data.frac", "dataset": "data.dataset", "data-root": "data.root", "run-dir": "run_dir"}
+
+# Generator steps of the reference protocol by (dataset, fraction of the training set).
+PROTOCOL_STEPS = {
+    "cifar10": {1.0: 250_000, 0.2: 250_000, 0.1: 125_000},
+    "cifar100": {1.0: 500_000, 0.2: 250_000, 0.1: 125_000},
+}
+
+
+def protocol_steps(dataset: str, frac: float) -> int:
+    """The paper's generator steps for the nearest protocol fraction (CIFAR-10's table for other datasets)."""
+    table = PROTOCOL_STEPS.get(dataset, PROTOCOL_STEPS["cifar10"])
+    return table[min(table, key=lambda protocol_frac: abs(protocol_frac - frac))]
+
+
+def gan_config(argv=(), base_files=()) -> Config:
+    """The resolved GAN config: defaults, config files, command-line overrides; ``train.steps`` filled in."""
+    cfg = load_config(DEFAULTS, argv, ALIASES, CHOICES, CHECKS, base_files)
+    if cfg.train.steps == 0:
+        cfg.train.steps = protocol_steps(cfg.data.dataset, cfg.data.frac)
+    return cfg
