@@ -1,4 +1,6 @@
 """genkd: data-limited image generation (and classification) with knowledge distillation."""
-from genkd import _torchvision_compat  # noqa: F401  (must run before anything imports torchvision)
+from genkd._torchvision_compat import install_import_hook
+
+install_import_hook()  # before anything imports torchvision (see genkd/_torchvision_compat.py)
 
 __version__ = "0.1.0"

@@ -5,7 +5,7 @@ The defaults are the paper protocol (DiffAugment BigGAN-CIFAR, as used by KD-DLG
 from genkd.config import Config, load_config
 
 DEFAULTS = {
-    "run_dir": "runs/cifar10",
+    "run_dir": "",  # "" = runs/<dataset>-<frac>[-kd-<norm>]
     "seed": 0,
     "data": {
         "dataset": "cifar10",  # cifar10 | cifar100 (torchvision) | npz (a file like ../shared/data/cifar10.npz) | folder
@@ -42,16 +42,16 @@ DEFAULTS = {
     "distill": {
         "enabled": False,  # off = the plain DiffAugment baseline
         "method": "vkd",  # vkd | fitnets | spkd | pkt
-        "teacher": "ViT-B-32",  # open_clip model name
-        "pretrained": "openai",  # open_clip pretrained tag (downloads when online)
-        "weights": None,  # local weights file; takes precedence over `pretrained`
+        "teacher": "ViT-B-32",  # open_clip model name, model-config JSON file, or tiny-vit (genkd/teacher_configs)
+        "pretrained": "openai",  # open_clip pretrained tag (downloads when online); also sets mean/std, QuickGELU
+        "weights": None,  # local weights file (e.g. the tag's open_clip_pytorch_model.bin); wins over the download
         "random_teacher": False,  # random weights, for tests and offline smoke runs only
         "preprocess": "clip",  # clip | kd-dlgan
-        "dtype": "fp32",  # fp32 | bf16 | fp16 (teacher forward only; GPU)
+        "dtype": "fp32",  # fp32 | bf16 | fp16: teacher weights cast once (LayerNorm stays fp32); meant for GPUs
         "projector": "orthogonal",  # identity | linear | orthogonal
-        "orthogonal_map": "matrix_exp",  # matrix_exp | cayley
-        "norm": "whitening",  # none | layernorm | whitening
-        "loss": "mse",  # mse | smooth_l1
+        "orthogonal_map": "cayley",  # cayley | matrix_exp: both exactly orthogonal; cayley ~15x cheaper (bench/)
+        "norm": "whitening",  # none | layernorm | whitening (teacher features, across the batch)
+        "loss": "mse",  # mse | smooth_l1 (element-wise means, as in torch)
         "weight": 1.0,  # lambda
     },
     "eval": {
@@ -61,6 +61,9 @@ DEFAULTS = {
         "split": "test",  # reference statistics from this split of the training dataset
         "inception_weights": None,  # local Inception-v3 (torch-fidelity inception-v3-compat) weights file
         "prdc_k": 5,
+        "reference_images": 0,  # images of the split behind the reference statistics; 0 = all of them (the protocol)
+        "seed": 0,  # latent codes and labels of the evaluation samples: same seed, same samples at any process count
+        "cache_dir": None,  # reference statistics cache; None = $XDG_CACHE_HOME/genkd or ~/.cache/genkd
     },
 }
 
@@ -89,7 +92,11 @@ CHECKS = {
     ),
     "model.g_blocks": (lambda n: n >= 1, "at least one up-sampling block"),
     "model.d_blocks": (lambda n: n >= 1, "at least one down-sampling block"),
+    "distill.weight": (lambda w: w >= 0.0, "a loss weight >= 0"),
     "eval.num_samples": (lambda n: n >= 1, "a number of samples >= 1"),
+    "eval.batch_size": (lambda n: n >= 1, "a batch size >= 1"),
+    "eval.prdc_k": (lambda k: k >= 1, "a number of nearest neighbours >= 1"),
+    "eval.reference_images": (lambda n: n >= 0, "a number of reference images >= 0 (0 = the whole split)"),
 }
 
 ALIASES = {"data-frac": "data.frac", "dataset": "data.dataset", "data-root": "data.root", "run-dir": "run_dir"}
@@ -112,4 +119,7 @@ def gan_config(argv=(), base_files=()) -> Config:
     cfg = load_config(DEFAULTS, argv, ALIASES, CHOICES, CHECKS, base_files)
     if cfg.train.steps == 0:
         cfg.train.steps = protocol_steps(cfg.data.dataset, cfg.data.frac)
+    if not cfg.run_dir:
+        distill = f"-kd-{cfg.distill.norm}" if cfg.distill.enabled else ""
+        cfg.run_dir = f"runs/{cfg.data.dataset}-{cfg.data.frac:g}{distill}"
     return cfg

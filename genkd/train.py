@@ -1,0 +1,263 @@
+"""Train a class-conditional BigGAN with DiffAugment on a fraction of CIFAR, optionally distilling a frozen teacher
+into the discriminator (VkD).
+
+    python -m genkd.train --config configs/quickstart.yaml
+    accelerate launch genkd/train.py --dataset cifar100 --data-frac 0.1
+    accelerate launch genkd/train.py --resume runs/cifar10
+
+Any key of genkd/defaults.py can be overridden as ``--section.key value``. The loop below reads top to bottom:
+set-up, then per generator step ``train.d_steps`` discriminator steps and one generator step, then the bookkeeping
+(EMA, logs, sample grids, evaluation, checkpoints).
+"""
+import math
+import sys
+from pathlib import Path
+
+if __name__ == "__main__" and not __package__:  # run as a file (accelerate launch genkd/train.py): use this checkout
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import genkd  # noqa: F401  (first: makes torchvision importable on CPU-only torch)
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import gather_object, set_seed
+from torchvision.utils import save_image
+from tqdm import tqdm
+
+from genkd.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_checkpoint
+from genkd.config import ConfigError, save_config
+from genkd.data import DataError, load_arrays, subset_indices
+from genkd.defaults import gan_config
+from genkd.diffaug import diff_augment
+from genkd.distill import build_distiller
+from genkd.models.biggan import build_models
+from genkd.teachers import TeacherError
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training diverged; the last checkpoint on disk is from before it."""
+
+
+class RealBatches:
+    """Endless, reproducible stream of real batches kept on the device (CIFAR subsets are small).
+
+    Batch ``k`` is a pure function of ``k``: the stream is the concatenation of per-epoch permutations seeded by the
+    epoch, each process reads its own slice of the global batch. So resuming at step ``s`` continues the exact same
+    stream without replaying a loader, and there is no loader state to checkpoint.
+    """
+
+    def __init__(self, images_uint8, labels, batch_size, seed, rank, world_size, device):
+        self.images = torch.from_numpy(images_uint8).permute(0, 3, 1, 2).contiguous().to(device)
+        self.labels = torch.from_numpy(labels).long().to(device)
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+        self._epoch, self._order = -1, None
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._epoch, self._order = epoch, torch.randperm(len(self.labels), generator=generator)
+        return self._order
+
+    def __call__(self, k: int):
+        """Real images in [-1, 1] with a random horizontal flip, and their labels."""
+        first = (k * self.world_size + self.rank) * self.batch_size
+        positions = range(first, first + self.batch_size)
+        n = len(self.labels)
+        index = torch.stack([self._permutation(p // n)[p % n] for p in positions]).to(self.labels.device)
+        images = self.images[index].float().div(127.5).sub(1.0)
+        flip = torch.rand(len(index), 1, 1, 1, device=images.device) < 0.5
+        return torch.where(flip, images.flip(3), images), self.labels[index]
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema <- decay * ema + (1 - decay) * model over parameters and float buffers (batch-norm statistics and
+    spectral-norm vectors too, as BigGAN's EMA does); a plain copy while decay is 0 (before ``train.ema_start``)."""
+    for ema_value, value in zip(ema.state_dict().values(), model.state_dict().values()):
+        if ema_value.dtype.is_floating_point:
+            ema_value.lerp_(value, 1.0 - decay)
+        else:
+            ema_value.copy_(value)
+
+
+@torch.no_grad()
+def save_sample_grid(generator, noise, labels, path: Path, columns: int) -> None:
+    """Fixed noise, one row per class, so grids of one run are comparable across steps."""
+    images = torch.cat([generator(z, y) for z, y in zip(noise.split(500), labels.split(500))])
+    save_image(images.float(), path, nrow=columns, normalize=True, value_range=(-1, 1))
+
+
+def parse_args(argv):
+    """``--resume RUN_DIR`` reads that run's saved config; other options override config files and defaults."""
+    argv = list(argv)
+    resume = None
+    if "--resume" in argv:
+        at = argv.index("--resume")
+        if at + 1 >= len(argv):
+            raise ConfigError("--resume needs a run directory, e.g. --resume runs/cifar10")
+        resume = Path(argv[at + 1])
+        del argv[at : at + 2]
+        if not (resume / "config.yaml").is_file():
+            raise ConfigError(f"cannot resume: {resume / 'config.yaml'} not found (is {resume} a genkd run directory?)")
+        cfg = gan_config(argv, base_files=[resume / "config.yaml"])
+        cfg.run_dir = str(resume)
+    else:
+        cfg = gan_config(argv)
+    return cfg, resume
+
+
+def main(argv=None):
+    cfg, resume = parse_args(sys.argv[1:] if argv is None else argv)
+    run_dir = Path(cfg.run_dir)
+    if resume is None and checkpoint_path(run_dir).is_file():
+        raise ConfigError(f"{run_dir} already holds a checkpoint: pass --resume {run_dir}, or choose another --run-dir")
+    accelerator = Accelerator(
+        mixed_precision=cfg.train.mixed_precision, log_with="tensorboard", project_dir=str(run_dir)
+    )
+    set_seed(cfg.seed, device_specific=True)
+    device, rank, world_size = accelerator.device, accelerator.process_index, accelerator.num_processes
+
+    # ---- data: the run's subset of the training split, chosen once and saved in the run directory
+    images, labels, num_classes = load_arrays(cfg.data, "train")
+    with accelerator.main_process_first():
+        chosen = subset_indices(cfg.data, labels, run_dir)
+    real_batches = RealBatches(images[chosen], labels[chosen], cfg.train.batch_size, cfg.seed, rank, world_size, device)
+
+    # ---- models, EMA generator, optional distiller (its projector trains with the discriminator)
+    generator, discriminator = build_models(cfg.model, num_classes)
+    generator_ema, _ = build_models(cfg.model, num_classes)
+    generator_ema.load_state_dict(generator.state_dict())
+    generator_ema.to(device).eval().requires_grad_(False)
+    distiller = build_distiller(cfg.distill, discriminator.feature_dim)
+    d_parameters = list(discriminator.parameters()) + (list(distiller.parameters()) if distiller else [])
+    optimizer_g = torch.optim.Adam(generator.parameters(), lr=cfg.train.g_lr, betas=tuple(cfg.train.betas))
+    optimizer_d = torch.optim.Adam(d_parameters, lr=cfg.train.d_lr, betas=tuple(cfg.train.betas))
+
+    step = 0
+    if resume is not None:
+        state = load_checkpoint(run_dir)
+        generator.load_state_dict(state["G"])
+        discriminator.load_state_dict(state["D"])
+        generator_ema.load_state_dict(state["G_ema"])
+        optimizer_g.load_state_dict(state["opt_G"])
+        optimizer_d.load_state_dict(state["opt_D"])
+        if distiller:
+            distiller.projector.load_state_dict(state["projector"])
+        step = state["step"]
+    generator, discriminator, optimizer_g, optimizer_d = accelerator.prepare(
+        generator, discriminator, optimizer_g, optimizer_d
+    )
+    if distiller:
+        distiller.to(device)
+        if any(p.requires_grad for p in distiller.parameters()):
+            distiller.projector = accelerator.prepare(distiller.projector)
+    if resume is not None:  # after prepare, which may move things and draw random numbers
+        rng = state["rng"]
+        if len(rng) == world_size:
+            torch.set_rng_state(rng[rank]["cpu"])
+            if torch.cuda.is_available() and rng[rank]["cuda"] is not None:
+                torch.cuda.set_rng_state(rng[rank]["cuda"])
+        else:
+            accelerator.print(f"warning: resuming on {world_size} processes, saved with {len(rng)}: new random stream")
+
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        (run_dir / "samples").mkdir(exist_ok=True)
+    accelerator.init_trackers("tensorboard")
+    columns = 10
+    grid_generator = torch.Generator().manual_seed(cfg.seed)
+    grid_noise = torch.randn(num_classes * columns, cfg.model.z_dim, generator=grid_generator).to(device)
+    grid_labels = torch.arange(num_classes).repeat_interleave(columns).to(device)
+    unwrapped_d = accelerator.unwrap_model(discriminator)
+
+    def checkpoint(name: str) -> None:
+        rng = gather_object([{"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}])
+        if accelerator.is_main_process:
+            save_checkpoint(
+                {
+                    "step": step,
+                    "num_classes": num_classes,
+                    "config": cfg.to_dict(),
+                    "G": accelerator.unwrap_model(generator).state_dict(),
+                    "D": unwrapped_d.state_dict(),
+                    "G_ema": generator_ema.state_dict(),
+                    "opt_G": optimizer_g.state_dict(),
+                    "opt_D": optimizer_d.state_dict(),
+                    "projector": accelerator.unwrap_model(distiller.projector).state_dict() if distiller else None,
+                    "rng": rng,
+                },
+                checkpoint_path(run_dir, name),
+            )
+
+    def stop_if_diverged(nonfinite: torch.Tensor) -> None:
+        if accelerator.reduce(nonfinite, "sum").item() > 0:
+            raise NonFiniteLossError(
+                f"a loss became NaN or infinite before step {step}; {checkpoint_path(run_dir)} holds the last good "
+                "state: lower train.d_lr / train.g_lr or use train.mixed_precision no, then --resume"
+            )
+
+    nonfinite = torch.zeros((), device=device)
+    batch = cfg.train.batch_size
+    progress = tqdm(total=cfg.train.steps, initial=step, disable=not accelerator.is_local_main_process, desc="G steps")
+    while step < cfg.train.steps:
+        # ---- discriminator: hinge loss on augmented real and fake images (+ distillation on the same images)
+        discriminator.train()
+        for d_step in range(cfg.train.d_steps):
+            real, real_labels = real_batches(step * cfg.train.d_steps + d_step)
+            with torch.no_grad(), accelerator.autocast():
+                fake_labels = torch.randint(num_classes, (batch,), device=device)
+                fake = generator(torch.randn(batch, cfg.model.z_dim, device=device), fake_labels)
+            augmented = diff_augment(torch.cat([real, fake.float()]), cfg.train.diffaug)
+            with accelerator.autocast():
+                logits, features = discriminator(augmented, torch.cat([real_labels, fake_labels]), return_features=True)
+                loss_d_real = F.relu(1.0 - logits[:batch]).mean()
+                loss_d_fake = F.relu(1.0 + logits[batch:]).mean()
+                loss_d = loss_d_real + loss_d_fake
+                if distiller:
+                    loss_distill = distiller(features.float(), augmented)
+                    loss_d = loss_d + cfg.distill.weight * loss_distill
+            optimizer_d.zero_grad(set_to_none=True)
+            accelerator.backward(loss_d)
+            optimizer_d.step()
+            nonfinite += (~torch.isfinite(loss_d.detach())).float()
+
+        # ---- generator: plain adversarial loss through the (frozen for this step) discriminator
+        unwrapped_d.requires_grad_(False)
+        with accelerator.autocast():
+            fake_labels = torch.randint(num_classes, (batch,), device=device)
+            fake = generator(torch.randn(batch, cfg.model.z_dim, device=device), fake_labels)
+            loss_g = -unwrapped_d(diff_augment(fake.float(), cfg.train.diffaug), fake_labels).mean()
+        optimizer_g.zero_grad(set_to_none=True)
+        accelerator.backward(loss_g)
+        optimizer_g.step()
+        unwrapped_d.requires_grad_(True)
+        nonfinite += (~torch.isfinite(loss_g.detach())).float()
+
+        step += 1
+        update_ema(generator_ema, accelerator.unwrap_model(generator), cfg.train.ema_decay if step > cfg.train.ema_start else 0.0)
+        progress.update(1)
+
+        # ---- bookkeeping
+        if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+            stop_if_diverged(nonfinite)
+            logs = {"loss/d_real": loss_d_real.item(), "loss/d_fake": loss_d_fake.item(), "loss/g": loss_g.item()}
+            if distiller:
+                logs["loss/distill"] = loss_distill.item()
+            accelerator.log(logs, step=step)
+            progress.set_postfix({key.split("/")[1]: f"{value:.3f}" for key, value in logs.items()})
+        if accelerator.is_main_process and (step % cfg.train.sample_every == 0 or step == cfg.train.steps):
+            save_sample_grid(generator_ema, grid_noise, grid_labels, run_dir / "samples" / f"{step:07d}.png", columns)
+        if step % cfg.train.ckpt_every == 0 or step == cfg.train.steps:
+            stop_if_diverged(nonfinite)
+            checkpoint("last")
+    progress.close()
+    accelerator.end_training()
+    accelerator.print(f"done: {step} generator steps; checkpoint {checkpoint_path(run_dir)}, samples in {run_dir / 'samples'}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ConfigError, DataError, CheckpointError, TeacherError, NonFiniteLossError) as error:
+        sys.exit(f"error: {error}")
