@@ -1,0 +1,158 @@
+"""genkd.data on the real CIFAR sample: sources, subset draws, the saved subset file, the GAN training items."""
+import json
+import pickle
+import shutil
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from genkd.config import as_config
+from genkd.data import DataError, load_arrays, select_subset, subset_indices
+
+
+def data_cfg(**overrides):
+    cfg = {"dataset": "npz", "root": "", "download": False, "frac": 1.0, "balanced": False, "subset_seed": 0}
+    cfg["num_workers"] = 0
+    return as_config({**cfg, **overrides})
+
+
+def test_npz_loads_the_shared_file(cifar10_npz, cifar10_arrays, cifar100_npz):
+    x_train, y_train, x_test, y_test = cifar10_arrays
+    images, labels, num_classes = load_arrays(data_cfg(root=str(cifar10_npz)), "train")
+    assert images.dtype == np.uint8 and images.shape == (5170, 32, 32, 3) and labels.dtype == np.int64
+    assert np.array_equal(images, x_train) and np.array_equal(labels, y_train) and num_classes == 10
+    images, labels, _ = load_arrays(data_cfg(root=str(cifar10_npz)), "test")
+    assert np.array_equal(images, x_test) and np.array_equal(labels, y_test)
+    # 486 CIFAR-100 training images do not hold every label: the class names give the count.
+    assert load_arrays(data_cfg(root=str(cifar100_npz)), "train")[2] == 100
+
+
+def test_npz_without_class_names_counts_train_labels(cifar10_arrays, tmp_path):
+    x_train, y_train, x_test, y_test = cifar10_arrays
+    keep = y_train < 7
+    np.savez(
+        tmp_path / "seven.npz", x_train=x_train[keep], y_train=y_train[keep], x_test=x_test[:5], y_test=y_test[:5] % 7
+    )
+    assert load_arrays(data_cfg(root=str(tmp_path / "seven.npz")), "test")[2] == 7
+
+
+def test_npz_errors(cifar10_arrays, tmp_path):
+    x_train, y_train, _, _ = cifar10_arrays
+    with pytest.raises(DataError, match=r"npz file .*missing.npz not found: pass --data-root"):
+        load_arrays(data_cfg(root=str(tmp_path / "missing.npz")), "train")
+    np.savez(tmp_path / "no_test.npz", x_train=x_train[:4], y_train=y_train[:4])
+    with pytest.raises(DataError, match=r"lacks x_test, y_test"):
+        load_arrays(data_cfg(root=str(tmp_path / "no_test.npz")), "test")
+    np.savez(tmp_path / "chw.npz", x_train=x_train[:4].transpose(0, 3, 1, 2), y_train=y_train[:4])
+    with pytest.raises(DataError, match=r"must be uint8 \(N, 32, 32, 3\).*got uint8 \(4, 3, 32, 32\)"):
+        load_arrays(data_cfg(root=str(tmp_path / "chw.npz")), "train")
+
+
+def test_image_folder_round_trip(cifar10_arrays, tmp_path):
+    x_train, y_train, x_test, y_test = cifar10_arrays
+    names = ["airplane", "automobile", "bird"]  # sorted, so label ids 0, 1, 2
+    for split, images, labels in (("train", x_train, y_train), ("test", x_test, y_test)):
+        for label, name in enumerate(names):
+            (tmp_path / split / name).mkdir(parents=True)
+            for k, index in enumerate(np.flatnonzero(labels == label)[:3]):
+                Image.fromarray(images[index]).save(tmp_path / split / name / f"{k}.png")
+    images, labels, num_classes = load_arrays(data_cfg(dataset="folder", root=str(tmp_path)), "train")
+    expected = np.concatenate([x_train[np.flatnonzero(y_train == label)[:3]] for label in range(3)])
+    assert num_classes == 3 and np.array_equal(labels, np.repeat([0, 1, 2], 3)) and np.array_equal(images, expected)
+    assert load_arrays(data_cfg(dataset="folder", root=str(tmp_path)), "test")[0].shape == (9, 32, 32, 3)
+    # A folder without train/ is the training split itself; larger images are resized to 32x32.
+    Image.fromarray(x_train[0]).resize((64, 64)).save(tmp_path / "train" / "bird" / "big.png")
+    images, labels, _ = load_arrays(data_cfg(dataset="folder", root=str(tmp_path / "train")), "train")
+    assert images.shape == (10, 32, 32, 3) and labels.tolist().count(2) == 4
+    with pytest.raises(DataError, match=r"image folder .*test not found"):
+        load_arrays(data_cfg(dataset="folder", root=str(tmp_path / "train")), "test")
+
+
+@pytest.mark.parametrize(("dataset", "folder"), [("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python")])
+def test_missing_torchvision_dataset_fails_fast_without_network(dataset, folder, tmp_path):
+    start = time.perf_counter()
+    message = rf"not found under .* pass --data-root DIR holding {folder}, or use --data.dataset npz"
+    with pytest.raises(DataError, match=message):
+        load_arrays(data_cfg(dataset=dataset, root=str(tmp_path), download=False), "train")
+    assert time.perf_counter() - start < 5.0
+
+
+def test_failed_download_says_offline(monkeypatch, tmp_path):
+    def offline(self):
+        raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+
+    monkeypatch.setattr("torchvision.datasets.CIFAR10.download", offline)
+    with pytest.raises(DataError, match=r"CIFAR-10 not found under .* could not be downloaded \(offline\?\)"):
+        load_arrays(data_cfg(dataset="cifar10", root=str(tmp_path), download=True), "train")
+
+
+def test_torchvision_cifar10_arrays_from_official_layout(cifar10_npz, cifar10_arrays, monkeypatch, tmp_path):
+    """Real images written as the official batch pickles (their checksums bypassed: the full files are unobtainable
+    here) next to the official, checksum-verified batches.meta."""
+    x_train, y_train, x_test, y_test = cifar10_arrays
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    parts = np.array_split(np.arange(60), 5)
+    batches = [(f"data_batch_{i + 1}", x_train[part], y_train[part]) for i, part in enumerate(parts)]
+    for name, images, labels in [*batches, ("test_batch", x_test[:7], y_test[:7])]:
+        rows = images.transpose(0, 3, 1, 2).reshape(len(images), -1)  # the pickles hold CHW rows
+        (folder / name).write_bytes(pickle.dumps({"data": rows, "labels": labels.tolist()}))
+    shutil.copy(cifar10_npz.parent / "cifar-10-batches-py" / "batches.meta", folder)
+    monkeypatch.setattr("torchvision.datasets.CIFAR10._check_integrity", lambda self: True)
+    images, labels, num_classes = load_arrays(data_cfg(dataset="cifar10", root=str(tmp_path)), "train")
+    assert np.array_equal(images, x_train[:60]) and np.array_equal(labels, y_train[:60]) and num_classes == 10
+    assert images.flags.c_contiguous and labels.dtype == np.int64
+    assert np.array_equal(load_arrays(data_cfg(dataset="cifar10", root=str(tmp_path)), "test")[0], x_test[:7])
+
+
+@pytest.mark.parametrize("frac", [0.02, 0.1, 0.5])
+def test_subset_size_determinism_and_seed(cifar10_arrays, frac):
+    labels = cifar10_arrays[1]
+    chosen = select_subset(labels, frac, seed=0)
+    assert len(chosen) == round(frac * len(labels)) and chosen.dtype == np.int64
+    assert np.array_equal(chosen, np.unique(chosen)) and chosen.min() >= 0 and chosen.max() < len(labels)
+    assert np.array_equal(chosen, select_subset(labels, frac, seed=0))
+    assert not np.array_equal(chosen, select_subset(labels, frac, seed=1))
+
+
+def test_subset_edges(cifar10_arrays):
+    labels = cifar10_arrays[1]
+    assert np.array_equal(select_subset(labels, 1.0, seed=3), np.arange(len(labels)))
+    assert len(select_subset(labels, 1e-6, seed=0)) == 1
+
+
+def test_balanced_subset_takes_the_same_count_per_class(cifar10_arrays):
+    labels = cifar10_arrays[1]
+    chosen = select_subset(labels, 0.1, seed=0, balanced=True)
+    assert np.bincount(labels[chosen], minlength=10).tolist() == [52] * 10  # round(0.1 * 5170 / 10)
+    assert not np.array_equal(chosen, select_subset(labels, 0.1, seed=1, balanced=True))
+    with pytest.raises(DataError, match=r"needs 507 images of every class but class \d has \d+: lower data.frac"):
+        select_subset(labels, 0.98, seed=0, balanced=True)
+
+
+@pytest.mark.parametrize("frac", [0, -0.1, 1.5, float("nan")])
+def test_bad_fractions_are_rejected(cifar10_arrays, frac):
+    with pytest.raises(DataError, match=rf"data.frac must be in \(0, 1\], got {frac}"):
+        select_subset(cifar10_arrays[1], frac, seed=0)
+
+
+def test_subset_file_is_saved_reused_and_checked(cifar10_arrays, tmp_path):
+    labels = cifar10_arrays[1]
+    run_dir = tmp_path / "runs" / "new"  # created on first use
+    chosen = subset_indices(data_cfg(frac=0.1, subset_seed=5), labels, run_dir)
+    saved = json.loads((run_dir / "subset_indices.json").read_text())
+    assert saved["indices"] == chosen.tolist() and (saved["frac"], saved["seed"], saved["N"]) == (0.1, 5, 5170)
+    assert [p.name for p in run_dir.iterdir()] == ["subset_indices.json"]  # no temporary file left
+    # The saved choice wins over a fresh draw (here: a file edited by hand to hold other indices).
+    saved["indices"] = saved["indices"][::-1][:10]
+    (run_dir / "subset_indices.json").write_text(json.dumps(saved))
+    assert subset_indices(data_cfg(frac=0.1, subset_seed=5), labels, run_dir).tolist() == saved["indices"]
+    message = r"was drawn with .*frac=0.1.* but this run asks for .*frac=0.2.*choose another --run-dir"
+    with pytest.raises(DataError, match=message):
+        subset_indices(data_cfg(frac=0.2, subset_seed=5), labels, run_dir)
+    with pytest.raises(DataError, match=r"seed=5.*seed=6"):
+        subset_indices(data_cfg(frac=0.1, subset_seed=6), labels, run_dir)
+    assert json.loads((run_dir / "subset_indices.json").read_text()) == saved  # not overwritten
+    assert np.array_equal(subset_indices(data_cfg(frac=0.1, subset_seed=5), labels, None), chosen)
