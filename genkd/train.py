@@ -9,7 +9,6 @@ Any key of genkd/defaults.py can be overridden as ``--section.key value``. The l
 set-up, then per generator step ``train.d_steps`` discriminator steps and one generator step, then the bookkeeping
 (EMA, logs, sample grids, evaluation, checkpoints).
 """
-import math
 import sys
 from pathlib import Path
 
@@ -72,10 +71,15 @@ class RealBatches:
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     """ema <- decay * ema + (1 - decay) * model over parameters and float buffers (batch-norm statistics and
-    spectral-norm vectors too, as BigGAN's EMA does); a plain copy while decay is 0 (before ``train.ema_start``)."""
-    for ema_value, value in zip(ema.state_dict().values(), model.state_dict().values()):
+    spectral-norm vectors too, as BigGAN's EMA does); a plain copy while decay is 0 (before ``train.ema_start``).
+
+    Averaged power-iteration vectors are renormalised: in eval mode spectral norm uses them as they are, and a
+    shorter-than-unit vector would underestimate the largest singular value."""
+    for (name, ema_value), value in zip(ema.state_dict().items(), model.state_dict().values()):
         if ema_value.dtype.is_floating_point:
             ema_value.lerp_(value, 1.0 - decay)
+            if name.endswith(("._u", "._v")):
+                ema_value.copy_(F.normalize(ema_value, dim=0))
         else:
             ema_value.copy_(value)
 
@@ -141,6 +145,9 @@ def main(argv=None):
         generator_ema.load_state_dict(state["G_ema"])
         optimizer_g.load_state_dict(state["opt_G"])
         optimizer_d.load_state_dict(state["opt_D"])
+        for optimizer, lr in ((optimizer_g, cfg.train.g_lr), (optimizer_d, cfg.train.d_lr)):
+            for group in optimizer.param_groups:  # the config wins over the saved hyper-parameters
+                group.update(lr=lr, betas=tuple(cfg.train.betas))
         if distiller:
             distiller.projector.load_state_dict(state["projector"])
         step = state["step"]

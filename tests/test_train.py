@@ -68,3 +68,80 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tiny_run, tmp_path
 def test_resume_needs_a_run_directory(tmp_path):
     with pytest.raises(ConfigError, match=r"cannot resume: .*config.yaml not found"):
         train.main(["--resume", str(tmp_path)])
+
+
+DISTILL = ["--distill.enabled", "--distill.teacher", "tiny-vit", "--distill.random-teacher"]
+
+
+def test_teacher_sees_exactly_the_augmented_discriminator_input(tiny_run, monkeypatch):
+    from genkd.models.biggan import Discriminator
+    from genkd.teachers import Teacher
+
+    seen_by_discriminator, seen_by_teacher = [], []
+    discriminator_forward, teacher_forward = Discriminator.forward, Teacher.forward
+
+    def record_discriminator(self, x, y, return_features=False):
+        if return_features:  # the discriminator step (the generator step asks for logits only)
+            seen_by_discriminator.append(x.detach().clone())
+        return discriminator_forward(self, x, y, return_features)
+
+    def record_teacher(self, images):
+        seen_by_teacher.append(images.detach().clone())
+        return teacher_forward(self, images)
+
+    monkeypatch.setattr(Discriminator, "forward", record_discriminator)
+    monkeypatch.setattr(Teacher, "forward", record_teacher)
+    with pytest.warns(UserWarning, match="random"):
+        train.main(tiny_run("run", "--train.steps", "2", *DISTILL))
+    assert len(seen_by_teacher) == len(seen_by_discriminator) == 2 * 2  # steps x d_steps
+    for teacher_input, discriminator_input in zip(seen_by_teacher, seen_by_discriminator):
+        assert torch.equal(teacher_input, discriminator_input)  # real and fake, augmented, same tensor values
+    assert seen_by_teacher[0].shape[0] == 2 * 6  # batch of real + batch of fake
+
+
+def test_distillation_run_logs_a_decreasing_distillation_loss(tiny_run, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with pytest.warns(UserWarning, match="random"):
+        train.main(tiny_run("run", "--train.steps", "16", *DISTILL))
+    state = load_checkpoint(tmp_path / "run")
+    assert state["projector"], "the projector is saved with the run"
+    assert not any("teacher" in key for key in state["projector"]), "the frozen teacher is not saved"
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+    (tag,) = [tag for tag in events.Tags()["scalars"] if tag.endswith("loss/distill")]
+    losses = [event.value for event in events.Scalars(tag)]
+    assert len(losses) == 16
+    assert sum(losses[-4:]) < 0.5 * sum(losses[:4]), losses
+
+
+def test_ema_averages_weights_and_keeps_power_iteration_vectors_unit_length():
+    from genkd.models.biggan import Discriminator
+
+    ema, model = Discriminator(10, width=4), Discriminator(10, width=4)
+    before = {name: value.clone() for name, value in ema.state_dict().items()}
+    train.update_ema(ema, model, decay=0.25)
+    after, current = ema.state_dict(), model.state_dict()
+    weight = "linear.parametrizations.weight.original"
+    assert torch.allclose(after[weight], 0.25 * before[weight] + 0.75 * current[weight])
+    vectors = [value for name, value in after.items() if name.endswith(("._u", "._v"))]
+    assert vectors and all(torch.isclose(v.norm(), torch.tensor(1.0), atol=1e-5) for v in vectors)
+
+
+def test_real_batches_are_a_function_of_the_batch_index(cifar10_arrays):
+    images, labels = cifar10_arrays[0][:40], cifar10_arrays[1][:40]
+    ranks = [train.RealBatches(images, labels, 8, seed=0, rank=r, world_size=2, device="cpu") for r in range(2)]
+    torch.manual_seed(0)
+    first, first_labels = ranks[0](3)
+    torch.manual_seed(1)  # other flips, same images
+    again, again_labels = ranks[0](3)
+    assert torch.equal(first_labels, again_labels) and first.min() >= -1 and first.max() <= 1
+    assert all(torch.equal(a, b) or torch.equal(a, b.flip(2)) for a, b in zip(first, again))  # up to flips
+    originals = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+    def positions(batch):  # which of the 40 images each item is
+        return [next(i for i, o in enumerate(originals) if torch.equal(o, x) or torch.equal(o.flip(2), x)) for x in batch]
+
+    other_rank = positions(ranks[1](3)[0])
+    assert not set(positions(first)) & set(other_rank)  # the two processes see different images in a step
+    epoch = [p for k in range(5) for r in range(2) for p in positions(ranks[r](k)[0])]  # 80 items = 2 epochs
+    assert sorted(epoch[:40]) == list(range(40)) and sorted(epoch[40:]) == list(range(40))
