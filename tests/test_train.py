@@ -145,3 +145,29 @@ def test_real_batches_are_a_function_of_the_batch_index(cifar10_arrays):
     assert not set(positions(first)) & set(other_rank)  # the two processes see different images in a step
     epoch = [p for k in range(5) for r in range(2) for p in positions(ranks[r](k)[0])]  # 80 items = 2 epochs
     assert sorted(epoch[:40]) == list(range(40)) and sorted(epoch[40:]) == list(range(40))
+
+
+def test_two_processes_with_accelerate_launch(tiny_run, tmp_path):
+    """Real DDP (gloo on CPU) through the accelerate CLI, distillation included: both ranks train and checkpoint."""
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
+    train_script = Path(train.__file__)
+    command = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(port)]
+    command += [str(train_script), *tiny_run("ddp", "--train.steps", "2", *DISTILL)]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, env={**os.environ, "ACCELERATE_USE_CPU": "1"}
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = load_checkpoint(tmp_path / "ddp")
+    assert state["step"] == 2 and len(state["rng"]) == 2  # one random state per process
+    assert not torch.equal(state["rng"][0]["cpu"], state["rng"][1]["cpu"])
+    assert all(not key.startswith("module.") for key in state["projector"])  # saved unwrapped from DDP
