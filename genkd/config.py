@@ -163,5 +163,20 @@ def validate(cfg: Config, choices: Mapping[str, Sequence] = (), checks: Mapping 
             raise ConfigError(f"bad value for '{path}': {value!r} (expected {expected})")
 
 
+def split_resume(argv: Sequence[str]) -> tuple[list[str], Path | None]:
+    """Take ``--resume RUN_DIR`` out of ``argv``: the run's saved ``config.yaml`` becomes the base config."""
+    argv = list(argv)
+    if "--resume" not in argv:
+        return argv, None
+    at = argv.index("--resume")
+    if at + 1 >= len(argv):
+        raise ConfigError("--resume needs a run directory (one holding config.yaml and checkpoints/)")
+    resume = Path(argv[at + 1])
+    del argv[at : at + 2]
+    if not (resume / "config.yaml").is_file():
+        raise ConfigError(f"cannot resume: {resume / 'config.yaml'} not found (is {resume} a genkd run directory?)")
+    return argv, resume
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

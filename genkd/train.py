@@ -24,7 +24,7 @@ from torchvision.utils import save_image
 from tqdm import tqdm
 
 from genkd.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_checkpoint
-from genkd.config import ConfigError, save_config
+from genkd.config import ConfigError, save_config, split_resume
 from genkd.data import DataError, load_arrays, subset_indices
 from genkd.defaults import gan_config
 from genkd.diffaug import diff_augment
@@ -93,20 +93,11 @@ def save_sample_grid(generator, noise, labels, path: Path, columns: int) -> None
 
 def parse_args(argv):
     """``--resume RUN_DIR`` reads that run's saved config; other options override config files and defaults."""
-    argv = list(argv)
-    resume = None
-    if "--resume" in argv:
-        at = argv.index("--resume")
-        if at + 1 >= len(argv):
-            raise ConfigError("--resume needs a run directory, e.g. --resume runs/cifar10")
-        resume = Path(argv[at + 1])
-        del argv[at : at + 2]
-        if not (resume / "config.yaml").is_file():
-            raise ConfigError(f"cannot resume: {resume / 'config.yaml'} not found (is {resume} a genkd run directory?)")
-        cfg = gan_config(argv, base_files=[resume / "config.yaml"])
-        cfg.run_dir = str(resume)
-    else:
-        cfg = gan_config(argv)
+    argv, resume = split_resume(argv)
+    if resume is None:
+        return gan_config(argv), None
+    cfg = gan_config(argv, base_files=[resume / "config.yaml"])
+    cfg.run_dir = str(resume)
     return cfg, resume
 
 
