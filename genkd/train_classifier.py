@@ -1,0 +1,422 @@
+"""Train a CIFAR classifier alone (``distill.method ce``: teachers and baselines) or distil it from a frozen teacher
+(kd, dist, dkd, vkd, vrm, mldr), with the CRD / RepDistiller protocol: 240 epochs of SGD, batch 64, lr x0.1 at epochs
+150, 180 and 210, random crop + flip.
+
+    python -m genkd.train_classifier --config configs/classifier/quickstart_teacher.yaml
+    accelerate launch genkd/train_classifier.py --config configs/classifier/resnet32x4_resnet8x4.yaml --distill.method dkd
+    accelerate launch genkd/train_classifier.py --resume runs/classifier/cifar100-resnet8x4-kd-resnet32x4
+
+Any key of DEFAULTS below can be overridden as ``--section.key value`` (``--distill.dkd.beta 6``). The run directory
+gets config.yaml, checkpoints/{last,best}.pt, metrics.json, curves.png and TensorBoard logs.
+"""
+import copy
+import json
+import sys
+from pathlib import Path
+
+if __name__ == "__main__" and not __package__:  # run as a file (accelerate launch genkd/train_classifier.py)
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from matplotlib.figure import Figure
+from torch.utils.data import DataLoader
+from torchvision.transforms import v2
+from tqdm import tqdm
+
+from genkd.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_checkpoint
+from genkd.classifier.losses import LOSS_DEFAULTS, LOSS_METHODS, build_classifier_loss
+from genkd.classifier.models import MODELS, ClassifierOutput, build_model, load_weights
+from genkd.classifier.models.clip import ClipClassifier
+from genkd.config import Config, ConfigError, load_config, save_config, split_resume
+from genkd.data import ArrayDataset, load_arrays, subset_indices
+from genkd.defaults import CHECKS as GAN_CHECKS
+from genkd.defaults import CHOICES as GAN_CHOICES
+from genkd.defaults import DEFAULTS as GAN_DEFAULTS
+
+CLIP = "clip"  # an open_clip image encoder (the clip section) with a linear head: ClipClassifier
+SMALL_LR_MODELS = ("mobilenetv2", "shufflenetv1", "shufflenetv2")  # CRD trains these with lr 0.01
+
+DEFAULTS = {
+    "run_dir": "",  # "" = runs/classifier/<dataset>-<student>[-<method>-<teacher>]
+    "seed": 0,
+    "data": {**copy.deepcopy(GAN_DEFAULTS["data"]), "dataset": "cifar100"},  # the GAN track's data keys
+    "model": {
+        "student": "resnet8x4",  # the model trained (a teacher, when distill.method is ce)
+        "teacher": "",  # frozen teacher architecture; "" = none (method ce)
+        "teacher_checkpoint": "",  # .pt of this trainer (checkpoints/best.pt) or RepDistiller's {'model': state_dict}
+    },
+    "train": {
+        "epochs": 240,
+        "batch_size": 64,  # per process
+        "lr": 0.0,  # 0 = CRD's choice: 0.01 for mobilenetv2 / shufflenet students, 0.05 otherwise
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "lr_milestones": [150, 180, 210],  # epochs after which the lr is multiplied by lr_decay
+        "lr_decay": 0.1,
+        "mixed_precision": "no",  # no | fp16 | bf16 (accelerate)
+        "log_every": 50,  # steps between progress-bar updates of the loss
+    },
+    "eval": {
+        "split": "test",  # test | train (the run's training subset, without augmentation: how well it fits)
+        "batch_size": 256,
+    },
+    "distill": {"method": "ce", **copy.deepcopy(LOSS_DEFAULTS)},  # knobs of each method: genkd/classifier/losses
+    # The open_clip encoder used when model.student or model.teacher is "clip" (keys of the GAN track's distill
+    # section, read by genkd.teachers.build_teacher).
+    "clip": {key: GAN_DEFAULTS["distill"][key] for key in ("teacher", "pretrained", "weights", "random_teacher", "preprocess", "dtype")},
+}
+
+MODEL_NAMES = (*MODELS, CLIP)
+CHOICES = {
+    "data.dataset": GAN_CHOICES["data.dataset"],
+    "train.mixed_precision": ("no", "fp16", "bf16"),
+    "eval.split": ("test", "train"),
+    "distill.method": LOSS_METHODS,
+    "model.student": MODEL_NAMES,
+    "model.teacher": ("", *MODEL_NAMES),
+    "clip.preprocess": GAN_CHOICES["distill.preprocess"],
+    "clip.dtype": GAN_CHOICES["distill.dtype"],
+}
+CHECKS = {
+    "data.frac": GAN_CHECKS["data.frac"],
+    "train.epochs": (lambda n: n >= 1, "a number of epochs >= 1"),
+    "train.batch_size": (lambda n: n >= 2, "a batch size >= 2 (batch norm needs two images)"),
+    "train.lr": (lambda lr: lr >= 0, "a learning rate >= 0 (0 = automatic)"),
+    "eval.batch_size": (lambda n: n >= 1, "a batch size >= 1"),
+}
+ALIASES = {"dataset": "data.dataset", "data-root": "data.root", "data-frac": "data.frac", "run-dir": "run_dir"}
+
+# Per-channel statistics of the full training sets (RepDistiller's CIFAR-100 values, so its teachers see what they
+# were trained on); other datasets use the statistics of their own training split.
+NORMALIZATION = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+}
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training diverged; checkpoints/last.pt is from the last finished epoch."""
+
+
+def classifier_config(argv=(), base_files=()) -> Config:
+    """Defaults, config files, overrides; ``train.lr`` and ``run_dir`` filled in, teacher settings checked."""
+    cfg = load_config(DEFAULTS, argv, ALIASES, CHOICES, CHECKS, base_files)
+    if cfg.train.lr == 0:
+        cfg.train.lr = 0.01 if cfg.model.student in SMALL_LR_MODELS else 0.05
+    distilling = cfg.distill.method != "ce"
+    if cfg.model.student == CLIP and distilling:
+        raise ConfigError("model.student clip trains a linear probe on a frozen encoder: use --distill.method ce")
+    if distilling and not (cfg.model.teacher and cfg.model.teacher_checkpoint):
+        raise ConfigError(
+            f"distill.method {cfg.distill.method} needs a trained teacher: set model.teacher (one of "
+            f"{', '.join(MODEL_NAMES)}) and model.teacher_checkpoint, or use --distill.method ce"
+        )
+    if not cfg.run_dir:
+        suffix = f"-{cfg.distill.method}-{cfg.model.teacher}" if distilling else ""
+        cfg.run_dir = f"runs/classifier/{cfg.data.dataset}-{cfg.model.student}{suffix}"
+    return cfg
+
+
+def parse_args(argv):
+    """``--resume RUN_DIR`` reads that run's saved config; other options override config files and defaults."""
+    argv, resume = split_resume(argv)
+    if resume is None:
+        return classifier_config(argv), None
+    cfg = classifier_config(argv, base_files=[resume / "config.yaml"])
+    cfg.run_dir = str(resume)
+    return cfg, resume
+
+
+# ---------------------------------------------------------------- data
+
+
+def normalization(data_cfg, train_images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per channel in [0, 1] units: the published CIFAR values, else those of the whole training split."""
+    if data_cfg.dataset in NORMALIZATION:
+        return NORMALIZATION[data_cfg.dataset]
+    pixels = train_images.reshape(-1, 3)
+    total, squares = np.zeros(3), np.zeros(3)
+    for chunk in np.array_split(pixels, max(1, len(pixels) // 1_000_000)):  # bounded memory for large sets
+        chunk = chunk.astype(np.float64) / 255.0
+        total += chunk.sum(0)
+        squares += (chunk**2).sum(0)
+    mean = total / len(pixels)
+    std = np.sqrt(np.maximum(squares / len(pixels) - mean**2, 1e-12))
+    return tuple(mean.round(4).tolist()), tuple(std.round(4).tolist())
+
+
+def image_transform(mean, std, train: bool, randaugment: bool = False) -> v2.Compose:
+    """uint8 CHW -> normalised float. Training: random crop 32 (zero padding 4) + horizontal flip (+ RandAugment n=2)."""
+    steps = [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()] if train else []
+    if randaugment:
+        steps.append(v2.RandAugment(num_ops=2))
+    return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+
+
+class TwoViews:
+    """Both views of one image: the standard training view and a RandAugment "virtual" view (VRM)."""
+
+    def __init__(self, standard, virtual):
+        self.standard, self.virtual = standard, virtual
+
+    def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.standard(image), self.virtual(image)
+
+
+def training_transform(mean, std, virtual_view: bool):
+    standard = image_transform(mean, std, train=True)
+    return TwoViews(standard, image_transform(mean, std, train=True, randaugment=True)) if virtual_view else standard
+
+
+def loader(dataset, batch_size: int, train: bool, num_workers: int) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=train,
+        drop_last=train and len(dataset) > batch_size,  # no tiny last batch for batch norm and batch relations
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        pin_memory=torch.cuda.is_available(),
+    )
+
+
+# ---------------------------------------------------------------- models
+
+
+def build_classifier(name: str, num_classes: int, cfg: Config, mean, std) -> torch.nn.Module:
+    if name == CLIP:
+        return ClipClassifier.from_config(cfg.clip, num_classes, mean, std)
+    return build_model(name, num_classes)
+
+
+def load_teacher(cfg: Config, num_classes: int, mean, std) -> torch.nn.Module:
+    teacher = build_classifier(cfg.model.teacher, num_classes, cfg, mean, std)
+    load_weights(teacher, cfg.model.teacher_checkpoint, cfg.model.teacher)
+    return teacher.eval().requires_grad_(False)
+
+
+def split_output(output: ClassifierOutput, size: int) -> tuple[ClassifierOutput, ClassifierOutput]:
+    """Outputs of a forward over [view 1; view 2] -> the outputs of each view."""
+    first = ClassifierOutput([s[:size] for s in output.stages], output.pooled[:size], output.logits[:size])
+    second = ClassifierOutput([s[size:] for s in output.stages], output.pooled[size:], output.logits[size:])
+    return first, second
+
+
+@torch.no_grad()
+def evaluate(model, data_loader, accelerator) -> float:
+    """Top-1 accuracy in percent over the whole loader (all processes)."""
+    model.eval()
+    correct = total = 0
+    for images, labels in data_loader:
+        with accelerator.autocast():
+            predictions = model(images).logits.argmax(1)
+        predictions, labels = accelerator.gather_for_metrics((predictions, labels))
+        correct += (predictions == labels).sum().item()
+        total += len(labels)
+    return 100.0 * correct / total
+
+
+def learning_rate(cfg: Config, epoch: int) -> float:
+    """Step schedule: lr * lr_decay ** (number of milestones passed before this 0-based epoch)."""
+    return cfg.train.lr * cfg.train.lr_decay ** sum(epoch >= milestone for milestone in cfg.train.lr_milestones)
+
+
+# ---------------------------------------------------------------- results
+
+
+def save_curves(history: list[dict], initial_top1: float, split: str, path: Path) -> None:
+    """Training loss and evaluation top-1 per epoch (epoch 0: before training)."""
+    epochs = [row["epoch"] for row in history]
+    figure = Figure(figsize=(10, 4))  # no pyplot: no global state, no display needed
+    loss_axis, accuracy_axis = figure.subplots(1, 2)
+    loss_axis.plot(epochs, [row["train_loss"] for row in history], marker=".")
+    loss_axis.set(xlabel="epoch", ylabel="training loss", title="training loss (sum of terms)")
+    accuracy_axis.plot([0, *epochs], [initial_top1, *(row["top1"] for row in history)], marker=".")
+    accuracy_axis.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title=f"{split} accuracy")
+    for axis in (loss_axis, accuracy_axis):
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
+def write_json(data: dict, path: Path) -> None:
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(json.dumps(data, indent=2))
+    temp.replace(path)
+
+
+# ---------------------------------------------------------------- training
+
+
+def main(argv=None) -> dict:
+    """Train; returns the metrics written to metrics.json."""
+    cfg, resume = parse_args(sys.argv[1:] if argv is None else argv)
+    run_dir = Path(cfg.run_dir)
+    if resume is None and checkpoint_path(run_dir).is_file():
+        raise ConfigError(f"{run_dir} already holds a checkpoint: pass --resume {run_dir}, or choose another --run-dir")
+    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, log_with="tensorboard", project_dir=str(run_dir))
+    set_seed(cfg.seed)
+
+    # ---- data: the run's subset of the training split (saved in the run directory), the whole evaluation split
+    train_images, train_labels, num_classes = load_arrays(cfg.data, "train")
+    mean, std = normalization(cfg.data, train_images)
+    with accelerator.main_process_first():
+        chosen = subset_indices(cfg.data, train_labels, run_dir)
+    train_images, train_labels = train_images[chosen], train_labels[chosen]
+    eval_images, eval_labels = (train_images, train_labels) if cfg.eval.split == "train" else load_arrays(cfg.data, "test")[:2]
+
+    # ---- models and loss: the student, the frozen teacher (when the method uses one), the loss's trainable parts
+    student = build_classifier(cfg.model.student, num_classes, cfg, mean, std)
+    distilling = cfg.distill.method != "ce"
+    teacher = load_teacher(cfg, num_classes, mean, std) if distilling else None
+    if not distilling and cfg.model.teacher:
+        accelerator.print(f"note: distill.method ce trains {cfg.model.student} alone; model.teacher is not used")
+    criterion = build_classifier_loss(cfg.distill, student, teacher, num_classes)
+    trainable = [p for p in [*student.parameters(), *criterion.parameters()] if p.requires_grad]
+    optimizer = torch.optim.SGD(trainable, lr=cfg.train.lr, momentum=cfg.train.momentum, weight_decay=cfg.train.weight_decay)
+
+    virtual_view, needs_teacher = criterion.needs_virtual_view, criterion.needs_teacher and teacher is not None
+    transform = training_transform(mean, std, virtual_view)
+    train_loader = loader(ArrayDataset(train_images, train_labels, transform), cfg.train.batch_size, True, cfg.data.num_workers)
+    eval_set = ArrayDataset(eval_images, eval_labels, image_transform(mean, std, train=False))
+    eval_loader = loader(eval_set, cfg.eval.batch_size, False, cfg.data.num_workers)
+
+    start_epoch, history, best_top1, initial_top1 = 0, [], -1.0, None
+    if resume is not None:
+        state = load_checkpoint(run_dir)
+        student.load_state_dict(state["model"])
+        criterion.load_state_dict(state["criterion"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, history, best_top1, initial_top1 = state["epoch"], state["history"], state["best_top1"], state["initial_top1"]
+    student, optimizer, train_loader, eval_loader = accelerator.prepare(student, optimizer, train_loader, eval_loader)
+    if any(p.requires_grad for p in criterion.parameters()):
+        criterion = accelerator.prepare(criterion)  # its gradients are synchronised across processes too
+    else:
+        criterion.to(accelerator.device)
+    if teacher is not None:
+        teacher.to(accelerator.device)
+
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+    accelerator.init_trackers("tensorboard")
+    unwrapped_student = accelerator.unwrap_model(student)
+    unwrapped_criterion = accelerator.unwrap_model(criterion)
+    if initial_top1 is None:
+        initial_top1 = evaluate(student, eval_loader, accelerator)
+        accelerator.print(f"{cfg.model.student} before training: {cfg.eval.split} top-1 {initial_top1:.2f}%")
+        accelerator.log({"eval/top1": initial_top1}, step=0)
+    teacher_top1 = evaluate(teacher, eval_loader, accelerator) if teacher is not None else None
+    if teacher is not None:
+        accelerator.print(f"teacher {cfg.model.teacher}: {cfg.eval.split} top-1 {teacher_top1:.2f}%")
+
+    def metrics() -> dict:
+        last = history[-1] if history else {}
+        return {
+            "student": cfg.model.student,
+            "teacher": cfg.model.teacher if distilling else "",
+            "method": cfg.distill.method,
+            "eval_split": cfg.eval.split,
+            "teacher_top1": teacher_top1,
+            "initial_top1": initial_top1,
+            "best_top1": best_top1,
+            "best_epoch": max(history, key=lambda row: row["top1"])["epoch"] if history else 0,
+            "last_top1": last.get("top1"),
+            "epochs": history,
+        }
+
+    def checkpoint(name: str, epoch: int) -> None:
+        if accelerator.is_main_process:
+            state = {
+                "model": unwrapped_student.state_dict(),
+                "model_name": cfg.model.student,
+                "num_classes": num_classes,
+                "normalization": {"mean": list(mean), "std": list(std)},
+                "epoch": epoch,
+                "criterion": unwrapped_criterion.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "history": history,
+                "best_top1": best_top1,
+                "initial_top1": initial_top1,
+                "config": cfg.to_dict(),
+            }
+            save_checkpoint(state, checkpoint_path(run_dir, name))
+
+    for epoch in range(start_epoch, cfg.train.epochs):
+        lr = learning_rate(cfg, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        student.train()
+        criterion.train()
+        sums = {}
+        seen = torch.zeros((), device=accelerator.device)
+        progress = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, disable=not accelerator.is_local_main_process)
+        for batch_index, (images, labels) in enumerate(progress):
+            size = len(labels)
+            inputs = torch.cat(images) if virtual_view else images  # both views in one pass through each model
+            with accelerator.autocast():
+                student_out = student(inputs)
+                with torch.no_grad():
+                    teacher_out = teacher(inputs) if needs_teacher else None
+                virtual = None
+                if virtual_view:
+                    student_out, student_virtual = split_output(student_out, size)
+                    teacher_out, teacher_virtual = split_output(teacher_out, size) if teacher_out is not None else (None, None)
+                    virtual = (student_virtual, teacher_virtual)
+                terms = criterion(student_out, teacher_out, labels, epoch=epoch, virtual=virtual)
+                loss = sum(terms.values())
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss)
+            optimizer.step()
+            for key, value in [("loss", loss), *terms.items()]:
+                sums[key] = sums.get(key, 0.0) + value.detach().float() * size
+            sums["correct"] = sums.get("correct", 0.0) + (student_out.logits.detach().argmax(1) == labels).sum()
+            seen += size
+            if batch_index % cfg.train.log_every == 0:
+                progress.set_postfix(loss=f"{loss.item():.3f}")
+        sums = {key: accelerator.reduce(value, "sum") for key, value in sums.items()}
+        seen = accelerator.reduce(seen, "sum")
+        train_loss = (sums.pop("loss") / seen).item()
+        if not np.isfinite(train_loss):
+            raise NonFiniteLossError(
+                f"the training loss became NaN or infinite in epoch {epoch + 1}; {checkpoint_path(run_dir)} holds the last "
+                "finished epoch: lower train.lr or use train.mixed_precision no, then --resume"
+            )
+        train_top1 = (100.0 * sums.pop("correct") / seen).item()
+        top1 = evaluate(student, eval_loader, accelerator)
+        row = {"epoch": epoch + 1, "lr": lr, "train_loss": train_loss, "train_top1": train_top1, "top1": top1}
+        row.update({f"loss_{key}": (value / seen).item() for key, value in sums.items()})
+        history.append(row)
+        accelerator.log(
+            {"train/loss": train_loss, "train/top1": train_top1, "train/lr": lr, "eval/top1": top1,
+             **{f"train/{key[5:]}": value for key, value in row.items() if key.startswith("loss_")}},
+            step=epoch + 1,
+        )
+        accelerator.print(
+            f"epoch {epoch + 1}/{cfg.train.epochs}: loss {train_loss:.4f}, train top-1 {train_top1:.2f}%, "
+            f"{cfg.eval.split} top-1 {top1:.2f}% (best {max(best_top1, top1):.2f}%)"
+        )
+        if top1 > best_top1:
+            best_top1 = top1
+            checkpoint("best", epoch + 1)
+        checkpoint("last", epoch + 1)
+        if accelerator.is_main_process:
+            write_json(metrics(), run_dir / "metrics.json")
+            save_curves(history, initial_top1, cfg.eval.split, run_dir / "curves.png")
+    accelerator.end_training()
+    result = metrics()
+    accelerator.print(
+        f"done: {cfg.model.student} {cfg.eval.split} top-1 best {result['best_top1']:.2f}% (epoch {result['best_epoch']}), "
+        f"last {result['last_top1']:.2f}%, from {initial_top1:.2f}%; {run_dir / 'metrics.json'}, {run_dir / 'curves.png'}"
+    )
+    return result
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (ConfigError, CheckpointError, NonFiniteLossError, ValueError) as error:  # data/model/teacher errors are ValueErrors
+        sys.exit(f"error: {error}")
