@@ -1,0 +1,125 @@
+"""Time and peak memory of genkd.metrics.prdc against the reference ``prdc`` package, measured in one run.
+
+    python bench/bench_prdc.py                      # N = M = 10,000 vs prdc, then ours alone at 50,000
+    python bench/bench_prdc.py --device cuda --large 50000
+
+Features are structured like Inception pool features (non-negative, low-rank, ten clusters; the fake set shifted),
+2048-d float32. Targets: >= 5x faster than prdc on CPU at 10k, 50k within 4 GiB.
+
+Peak memory. numpy: tracemalloc (numpy reports its buffers to it). torch on CPU: tracemalloc cannot see torch's
+allocator, so we reset the process's resident-set high-water mark (writing 5 to /proc/self/clear_refs, Linux >= 4.0)
+right before the call and read VmHWM right after; the increase over the resident set before the call is the peak
+extra memory of the call (torch returns large CPU blocks to the OS on free, so the high-water mark is the real peak).
+The same RSS measure is printed for prdc, for a like-for-like comparison. On CUDA: torch.cuda.max_memory_allocated.
+"""
+import argparse
+import contextlib
+import importlib.metadata
+import io
+import os
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import prdc as reference_prdc
+import torch
+
+import genkd  # noqa: F401  (before anything that may import torchvision)
+from genkd.metrics import DEFAULTS, compute_prdc
+
+GIB = 2**30
+
+
+def structured_features(count: int, dim: int, seed: int, shift: float = 0.0) -> np.ndarray:
+    """Non-negative features of a 64-d latent with ten clusters through a fixed random map (shared by all sets)."""
+    mixing = np.random.default_rng(1234).standard_normal((64, dim)).astype(np.float32) / 8
+    centres = np.random.default_rng(4321).standard_normal((10, 64)).astype(np.float32) * 2
+    rng = np.random.default_rng(seed)
+    latent = centres[rng.integers(0, 10, count)] + rng.standard_normal((count, 64), dtype=np.float32) + shift
+    return np.maximum(latent @ mixing, 0).astype(np.float32)
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def measure(fn, device: torch.device, numpy: bool = False) -> tuple[object, tuple[float, float], dict]:
+    """(result, (wall seconds, CPU seconds of all threads), peak memory increases in bytes by method) of one call.
+
+    tracemalloc only for numpy code (it slows Python allocations, and cannot see torch's)."""
+    memory = {}
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    Path("/proc/self/clear_refs").write_text("5")
+    rss_before = _status_kib("VmRSS")
+    if numpy:
+        tracemalloc.start()
+    start, cpu_start = time.perf_counter(), time.process_time()
+    result = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        memory["cuda"] = torch.cuda.max_memory_allocated() - base
+    seconds = (time.perf_counter() - start, time.process_time() - cpu_start)
+    if numpy:
+        memory["tracemalloc"] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    memory["rss"] = (_status_kib("VmHWM") - rss_before) * 1024
+    return result, seconds, memory
+
+
+def describe(memory: dict) -> str:
+    names = {"cuda": "CUDA max allocated", "tracemalloc": "tracemalloc", "rss": "peak RSS"}
+    return ", ".join(f"{names[key]} +{value / GIB:.2f} GiB" for key, value in memory.items())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=10_000, help="N = M for the comparison with prdc")
+    parser.add_argument("--large", type=int, default=50_000, help="N = M for ours alone; 0 skips it")
+    parser.add_argument("--dim", type=int, default=2048)
+    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--tile-size", type=int, default=None, help=f"default: {DEFAULTS['prdc_tile_size']}")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    print(
+        f"PRDC, k = {args.k}, D = {args.dim}, structured float32 features; ours on {device}, prdc "
+        f"{importlib.metadata.version('prdc')} on CPU; {torch.get_num_threads()} CPU threads"
+    )
+
+    real = structured_features(args.size, args.dim, seed=0)
+    fake = structured_features(args.size, args.dim, seed=1, shift=0.15)
+    with contextlib.redirect_stdout(io.StringIO()):  # prdc prints its sizes
+        reference, reference_s, reference_memory = measure(
+            lambda: reference_prdc.compute_prdc(real, fake, args.k), torch.device("cpu"), numpy=True
+        )
+    real_t, fake_t = torch.from_numpy(real).to(device), torch.from_numpy(fake).to(device)
+    ours, ours_s, ours_memory = measure(lambda: compute_prdc(real_t, fake_t, args.k, args.tile_size, device), device)
+    difference = max(abs(float(reference[key]) - ours[key]) for key in ours)
+    print(f"N = M = {args.size}  (load average before: {os.getloadavg()[0]:.1f}; wall time is shared, CPU time is ours)")
+    print(f"  prdc (sklearn)      {reference_s[0]:7.1f} s wall {reference_s[1]:7.1f} s CPU   {describe(reference_memory)}")
+    print(f"  genkd.metrics.prdc  {ours_s[0]:7.1f} s wall {ours_s[1]:7.1f} s CPU   {describe(ours_memory)}")
+    print(
+        f"  speed-up {reference_s[0] / ours_s[0]:.1f}x wall, {reference_s[1] / ours_s[1]:.1f}x CPU; "
+        f"max |difference| of the four metrics: {difference:.1e}"
+    )
+    print("  " + ", ".join(f"{key} {value:.4f}" for key, value in ours.items()))
+
+    if args.large:
+        del real_t, fake_t
+        real_t = torch.from_numpy(structured_features(args.large, args.dim, seed=2)).to(device)
+        fake_t = torch.from_numpy(structured_features(args.large, args.dim, seed=3, shift=0.15)).to(device)
+        ours, ours_s, ours_memory = measure(lambda: compute_prdc(real_t, fake_t, args.k, args.tile_size, device), device)
+        print(f"N = M = {args.large} (features themselves: {2 * real_t.numel() * 4 / GIB:.2f} GiB, not counted)")
+        print(f"  genkd.metrics.prdc  {ours_s[0]:7.1f} s wall {ours_s[1]:7.1f} s CPU   {describe(ours_memory)}   (target: 4 GiB)")
+        print("  " + ", ".join(f"{key} {value:.4f}" for key, value in ours.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Evaluate a GAN run, one of its checkpoints, or a folder of images: FID, IS, precision, recall, density, coverage.
+
+    python eval/evaluate.py runs/cifar10-0.1                      # EMA generator of checkpoints/last.pt
+    python eval/evaluate.py runs/x/checkpoints/step_050000.pt --num-samples 10000
+    python eval/evaluate.py my_samples/ --dataset cifar10 --data-root data --out my_samples.json
+    accelerate launch eval/evaluate.py runs/x                      # sampling and Inception spread over the GPUs
+
+A run is compared with its own dataset (its config.yaml) unless --data.* says otherwise; a folder of images with
+--data.* (default: CIFAR-10 under data/). The split is eval.split (test). Options: --num-samples, --batch-size,
+--split, --inception-weights (short for --eval.*), any --data.* or --eval.* key, --device (default: accelerate's
+choice), --out FILE (default: metrics.json in the run directory or image folder). Writes the metrics with what they
+were computed from (so eval/compare_norms.py can tell whether they are up to date) and prints a table.
+"""
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+if __name__ == "__main__" and not __package__:  # run as a file: import this checkout's genkd
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from genkd.checkpoint import CheckpointError, load_generator
+from genkd.config import Config, ConfigError, load_config, save_config
+from genkd.data import DataError
+from genkd.defaults import ALIASES, CHECKS, CHOICES, DEFAULTS
+from genkd.evaluation import EvaluationError, Evaluator, load_image_folder
+from genkd.metrics import METRIC_KEYS, InceptionWeightsError
+from genkd.metrics.inception import file_identity
+
+EVAL_ALIASES = {
+    **ALIASES,
+    "num-samples": "eval.num_samples",
+    "batch-size": "eval.batch_size",
+    "split": "eval.split",
+    "inception-weights": "eval.inception_weights",
+}
+ERRORS = (CheckpointError, ConfigError, DataError, EvaluationError, InceptionWeightsError)
+
+
+def evaluation_settings(cfg: Config, weights: Path) -> dict:
+    """Everything besides the source that changes the numbers; metrics.json is stale when any of it differs."""
+    return {
+        "data": {key: cfg.data[key] for key in ("dataset", "root")},
+        "eval": {key: cfg.eval[key] for key in ("num_samples", "split", "reference_images", "seed", "prdc_k")},
+        "inception_weights": file_identity(weights),
+    }
+
+
+def locate(source: Path) -> tuple[str, Path, Path]:
+    """(kind, checkpoint or folder, default output file) of a run directory, a checkpoint file or an image folder."""
+    if not source.exists():
+        raise EvaluationError(f"{source} not found: pass a run directory, a checkpoint (.pt) file or an image folder")
+    if source.is_file():
+        run_dir = source.parent.parent if source.parent.name == "checkpoints" else source.parent
+        name = "metrics.json" if source.name == "last.pt" else f"metrics_{source.stem}.json"
+        return "checkpoint", source, run_dir / name
+    if (source / "config.yaml").is_file() or (source / "checkpoints").is_dir():
+        return "checkpoint", source / "checkpoints" / "last.pt", source / "metrics.json"
+    return "images", source, source / "metrics.json"
+
+
+def resolve_config(run_cfg: Config | None, overrides: list[str]) -> Config:
+    """The run's config (or the defaults), then the command line's --data.* / --eval.* overrides."""
+    with tempfile.TemporaryDirectory() as folder:
+        base_files = []
+        if run_cfg is not None:
+            base_files.append(Path(folder) / "run.yaml")
+            save_config(run_cfg, base_files[0])
+        return load_config(DEFAULTS, overrides, EVAL_ALIASES, CHOICES, CHECKS, base_files)
+
+
+def evaluate_source(source: str | Path, overrides=(), out: str | Path | None = None, device=None, accelerator=None):
+    """Evaluate, write the record to ``out`` (main process) and return it."""
+    kind, path, default_out = locate(Path(source))
+    if kind == "checkpoint":
+        generator, run_cfg, num_classes = load_generator(path, device or (accelerator.device if accelerator else "cpu"))
+        cfg = resolve_config(run_cfg, list(overrides))
+    else:
+        cfg = resolve_config(None, list(overrides))
+    evaluator = Evaluator(cfg, accelerator, device)
+    if kind == "checkpoint":
+        metrics = evaluator(generator, num_classes)
+    else:
+        metrics = evaluator.evaluate_images(load_image_folder(path))
+    record = {
+        "metrics": metrics,
+        "source": file_identity(path) if kind == "checkpoint" else {"path": str(path.resolve()), "kind": "images"},
+        "settings": evaluation_settings(cfg, evaluator.weights),
+    }
+    if accelerator is None or accelerator.is_main_process:
+        out = Path(out) if out else default_out
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(record, indent=2) + "\n")
+        print(format_table(metrics, f"{source} vs {cfg.data.dataset} {cfg.eval.split} -> {out}"))
+    return record
+
+
+def format_table(metrics: dict, title: str) -> str:
+    rows = [f"{key:<10} {metrics[key]:>10.4f}" for key in METRIC_KEYS]
+    return "\n".join([title, f"{'metric':<10} {'value':>10}", *rows])
+
+
+def split_arguments(argv: list[str]) -> tuple[str, str | None, str | None, list[str]]:
+    """(source, --out, --device, the remaining --key value overrides)."""
+    args, source, options = list(argv), None, {"--out": None, "--device": None}
+    for name in options:
+        if name in args:
+            at = args.index(name)
+            if at + 1 >= len(args):
+                raise ConfigError(f"{name} needs a value")
+            options[name] = args[at + 1]
+            del args[at : at + 2]
+    if args and not args[0].startswith("--"):
+        source = args.pop(0)
+    if source is None:
+        raise ConfigError("usage: eval/evaluate.py RUN_DIR|CHECKPOINT.pt|IMAGE_DIR [--out F] [--device D] [--key value]")
+    return source, options["--out"], options["--device"], args
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        source, out, device, overrides = split_arguments(sys.argv[1:] if argv is None else argv)
+        accelerator = None
+        if device is None:
+            from accelerate import Accelerator
+
+            accelerator = Accelerator()
+        with torch.no_grad():
+            evaluate_source(source, overrides, out, device, accelerator)
+    except ERRORS as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,306 @@
+"""Precision, recall, density and coverage (Naeem et al. 2020) in bounded memory, on the GPU when there is one.
+
+Every point gets a ball whose radius is the distance to its k-th nearest neighbour in its own set. Precision: share
+of fake points inside some real ball. Recall: share of real points inside some fake ball. Density: real balls holding
+each fake point, / k, averaged. Coverage: share of real balls holding at least one fake point. Comparisons are strict.
+
+The reference implementation (the ``prdc`` package) builds three full distance matrices with scikit-learn; at 50,000
+points that is 30 GB. Here the matrices are swept in tiles and never stored: the k-NN radii come from a running top-k,
+the four counts from per-tile comparisons. The decisions are still the reference's, pair for pair, ties included:
+
+* the sweep computes squared distances with one float32 matmul per tile on mean-centred, augmented features
+  ([x, |x|^2, 1] . [-2y, 1, |y|^2]), whose rounding error has a rigorous bound (Higham's gamma_n for length-n dot
+  products). A radius is then known to within that bound, and a comparison is settled when the bound allows;
+* the few comparisons it cannot settle, and the radii they involve, are recomputed exactly as scikit-learn does:
+  float64 ``(-2 x.y + |x|^2) + |y|^2`` on the original features, clamped at 0, rounded to the features' dtype
+  (scikit-learn upcasts float32 inputs by chunks and returns float32 distances), square-rooted.
+
+Only a few pairs per million need the exact path, so the sweep runs at float32 matmul speed: two matmuls' worth of
+flops (N^2 / 2 + M^2 / 2 + N M), against three float64 ones for the reference.
+"""
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+import torch
+
+from genkd.metrics import DEFAULTS, full_float32_precision
+
+ROUNDING = 2.0**-24  # unit roundoff of float32
+ROUNDING64 = 2.0**-53
+SLACK = 4e-6  # relative, on squared distances: covers the float32 rounding of a distance, of its sqrt, of thresholds
+CANDIDATES_BEYOND_K = 16  # extra nearest neighbours kept by the sweep, so that an exact radius rarely needs a new pass
+PAIRS_PER_CHUNK = 1 << 20  # feature values gathered at once by the exact path: cache-sized float64 chunks
+
+
+@dataclass
+class _FeatureSet:
+    """One point set: the original features (exact path) and augmented, centred float32 rows (sweep)."""
+
+    original: torch.Tensor  # (N, D), float32 or float64: the dtype scikit-learn would compute in
+    augmented: torch.Tensor  # (N, D + 2) float32 rows [x - c, |x - c|^2, 1]
+    margin: torch.Tensor  # (N,) float64: this point's share of the bound on |sweep - exact| squared distance
+
+    def __len__(self) -> int:
+        return len(self.original)
+
+    @cached_property
+    def norms(self) -> torch.Tensor:
+        """float64 squared norms of the original features, the reference's |x|^2 (computed on first use)."""
+        chunk = max(1, PAIRS_PER_CHUNK // self.original.shape[1])
+        return torch.cat([rows.double().square().sum(dim=1) for rows in self.original.split(chunk)])
+
+    def right(self, cols: slice) -> torch.Tensor:
+        """Rows [-2 (y - c), 1, |y - c|^2]: augmented[I] @ right(J).T is a tile of squared distances."""
+        block = self.augmented[cols]
+        return torch.cat([-2 * block[:, :-2], block[:, -1:], block[:, -2:-1]], dim=1)
+
+
+def _feature_set(features: torch.Tensor, centre: torch.Tensor) -> _FeatureSet:
+    count, dim = features.shape
+    augmented = torch.empty(count, dim + 2, device=features.device)
+    if features.dtype == torch.float32:
+        torch.sub(features, centre, out=augmented[:, :dim])
+    else:  # float64: centre before rounding, or a large common offset would round the differences away
+        augmented[:, :dim] = features - centre.double()
+    augmented[:, dim] = torch.linalg.vector_norm(augmented[:, :dim], dim=1).square()
+    augmented[:, dim + 1] = 1
+    gamma = (dim + 2) * ROUNDING / (1 - (dim + 2) * ROUNDING)
+    # The tile matmul sums -2 x_c.y_c + |x_c|^2 + |y_c|^2: off by at most gamma_(D+2) times the sum of absolute
+    # terms, <= 2 gamma (|x_c|^2 + |y_c|^2), whatever the summation order (blocked, FMA, split-K); the float32 norms
+    # are off by gamma_D relative, the centring by a few units of roundoff; the reference's own float64 evaluation on
+    # the raw features adds gamma64 (|x|^2 + |y|^2).
+    centred_norms = augmented[:, dim].double()
+    norms = torch.linalg.vector_norm(features, dim=1).double().square() * (1 + 2 * gamma)
+    margin = (3 * gamma + 8 * ROUNDING) * centred_norms + (dim + 4) * ROUNDING64 * norms
+    if not torch.isfinite(margin).all():  # NaN or infinity in a feature reaches its norm: one check per point
+        raise ValueError("PRDC needs finite features: some hold NaN or infinity (or values beyond float32 range)")
+    return _FeatureSet(features, augmented, margin)
+
+
+def _exact_distances(x: _FeatureSet, rows: torch.Tensor, y: _FeatureSet, cols: torch.Tensor, dtype) -> torch.Tensor:
+    """scikit-learn's euclidean distances of the pairs (x[rows[p]], y[cols[p]]), in small chunks (fast, bounded)."""
+    chunk = max(1, PAIRS_PER_CHUNK // x.original.shape[1])
+    distances = torch.empty(len(rows), dtype=dtype, device=x.original.device)
+    for start in range(0, len(rows), chunk):
+        pair_rows, pair_cols = rows[start : start + chunk], cols[start : start + chunk]
+        dots = (x.original[pair_rows].double() * y.original[pair_cols].double()).sum(dim=1)
+        squared = (-2 * dots + x.norms[pair_rows]) + y.norms[pair_cols]
+        distances[start : start + chunk] = squared.clamp_(min=0).to(dtype).sqrt_()
+    return distances
+
+
+def _blocks(count: int, tile_size: int) -> list[slice]:
+    return [slice(start, min(start + tile_size, count)) for start in range(0, count, tile_size)]
+
+
+@dataclass
+class _Radii:
+    """k-NN radii of one set: bounds from the sweep for all points, exact values on demand.
+
+    The radius of point i is the reference's (k+1)-th smallest distance of row i, self included at 0.
+    """
+
+    points: _FeatureSet
+    k: int
+    tile_size: int
+    nearest: torch.Tensor  # (N, kept) float32 sweep squared distances of the nearest kept points, ascending
+    nearest_index: torch.Tensor  # (N, kept) their indices
+    error: torch.Tensor  # (N,) float64: |sweep - exact| <= error_i for every squared distance of row i
+    exact_values: torch.Tensor = field(init=False)
+
+    def __post_init__(self):
+        self.exact_values = torch.full_like(self.error, float("nan"), dtype=self.points.original.dtype)
+
+    def squared_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(low, high) bounds on every squared radius: order statistics move by at most the error of their row."""
+        sweep = self.nearest[:, self.k].double()
+        return (sweep - self.error) * (1 - SLACK), (sweep + self.error) * (1 + SLACK)
+
+    def exact(self, rows: torch.Tensor) -> torch.Tensor:
+        """The reference's radii of ``rows``, computed once each."""
+        missing = rows[self.exact_values[rows].isnan()].unique()
+        if len(missing):
+            self.exact_values[missing] = self._compute(missing)
+        return self.exact_values[rows]
+
+    def _compute(self, rows: torch.Tensor) -> torch.Tensor:
+        k, points, dtype = self.k, self.points, self.points.original.dtype
+        nearest, nearest_index, error = self.nearest[rows].double(), self.nearest_index[rows], self.error[rows]
+        # Points more than 2 errors below the sweep's (k+1)-th smallest are surely nearer than the radius, points more
+        # than 2 errors above surely farther: the radius is the exact distance of rank k+1-below among the others.
+        low, high = nearest[:, k] - 2 * error, nearest[:, k] + 2 * error
+        below = (nearest < low[:, None]).sum(dim=1)
+        # Points beyond the kept ones are at least nearest[-1] - margin_i - max margin. If that may not clear the radius
+        # (<= sweep + error), the row is recomputed in full (rare: dense ties, duplicates).
+        beyond = nearest[:, -1] - points.margin[rows] - points.margin.max()
+        whole_row = (beyond <= nearest[:, k] + error) & (nearest.shape[1] < len(points))
+        window = (nearest >= low[:, None]) & (nearest <= high[:, None]) & ~whole_row[:, None]
+        exact = torch.full(nearest.shape, float("inf"), dtype=dtype, device=rows.device)
+        slot_rows, slots = window.nonzero(as_tuple=True)
+        neighbours = nearest_index[slot_rows, slots]
+        exact[slot_rows, slots] = _exact_distances(points, rows[slot_rows], points, neighbours, dtype)
+        exact[window & (nearest_index == rows[:, None])] = 0  # scikit-learn zeroes the diagonal of a set against itself
+        radii = exact.sort(dim=1).values.gather(1, (k - below)[:, None]).squeeze(1)
+        if whole_row.any():
+            radii[whole_row] = self._whole_rows(rows[whole_row])
+        return radii
+
+    def _whole_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        points, dtype = self.points, self.points.original.dtype
+        x = points.original[rows].double()
+        smallest = torch.empty(len(rows), 0, dtype=dtype, device=rows.device)
+        for start in range(0, len(points), self.tile_size):
+            cols = slice(start, min(start + self.tile_size, len(points)))
+            y = points.original[cols].double()
+            squared = (-2 * x @ y.T + points.norms[rows, None]) + points.norms[None, cols]
+            distances = squared.clamp_(min=0).to(dtype).sqrt_()
+            distances[rows[:, None] == torch.arange(cols.start, cols.stop, device=rows.device)] = 0
+            smallest = torch.cat([smallest, distances], dim=1)
+            smallest = smallest.topk(min(self.k + 1, smallest.shape[1]), dim=1, largest=False).values
+        return smallest[:, self.k]
+
+
+def _knn_radii(points: _FeatureSet, k: int, tile_size: int) -> _Radii:
+    """Sweep the set against itself, keeping each point's nearest squared distances (a running top-k per row)."""
+    count, device = len(points), points.original.device
+    kept = min(count, k + 1 + CANDIDATES_BEYOND_K)
+    nearest = torch.full((count, kept), float("inf"), device=device)
+    nearest_index = torch.zeros((count, kept), dtype=torch.long, device=device)
+
+    def merge(rows: slice, squared: torch.Tensor, cols: slice) -> None:
+        top = squared.topk(min(kept, squared.shape[1]), dim=1, largest=False)
+        values = torch.cat([nearest[rows], top.values], dim=1)
+        indices = torch.cat([nearest_index[rows], top.indices + cols.start], dim=1)
+        merged = values.topk(kept, dim=1, largest=False)
+        nearest[rows], nearest_index[rows] = merged.values, indices.gather(1, merged.indices)
+
+    # The distance matrix is symmetric: each off-diagonal tile serves its rows and, transposed, its columns.
+    blocks = _blocks(count, tile_size)
+    for index, cols in enumerate(blocks):
+        right = points.right(cols).T
+        for rows in blocks[: index + 1]:
+            squared = points.augmented[rows] @ right
+            merge(rows, squared, cols)
+            if rows != cols:
+                merge(cols, squared.T.contiguous(), rows)  # a copy, then row-wise: faster than a strided top-k
+    # |sweep - exact| <= margin_i + margin_j for each pair, so each order statistic of row i moves by at most
+    # margin_i + the largest margin of its kept points; points beyond the kept ones count only if they come that close.
+    error = points.margin + points.margin[nearest_index].max(dim=1).values
+    outside = nearest[:, -1].double() - points.margin - points.margin.max() < nearest[:, k].double() - error
+    error[outside] = points.margin[outside] + points.margin.max()
+    return _Radii(points, k, tile_size, nearest, nearest_index, error)
+
+
+def _as_tensor(features, device) -> torch.Tensor:
+    features = torch.as_tensor(features, device=device)
+    if features.dtype != torch.float64:
+        features = features.float()
+    if features.ndim != 2:
+        raise ValueError(f"PRDC needs (N, D) features, got shape {tuple(features.shape)}")
+    return features
+
+
+@torch.no_grad()
+def compute_prdc(
+    real_features: torch.Tensor | np.ndarray,
+    fake_features: torch.Tensor | np.ndarray,
+    k: int = DEFAULTS["prdc_k"],
+    tile_size: int | None = None,
+    device: str | torch.device | None = None,
+) -> dict[str, float]:
+    """precision, recall, density, coverage of (N, D) real and (M, D) fake features, as ``prdc.compute_prdc``.
+
+    Memory is O((N + M) D + tile_size^2); ``device`` defaults to that of ``real_features`` (CPU for numpy arrays),
+    ``tile_size`` to the device's entry in ``genkd.metrics.DEFAULTS``.
+    """
+    if device is None:
+        device = real_features.device if torch.is_tensor(real_features) else "cpu"
+    device = torch.device(device)
+    tile_size = tile_size or DEFAULTS["prdc_tile_size"].get(device.type, DEFAULTS["prdc_tile_size"]["cpu"])
+    real, fake = _as_tensor(real_features, device), _as_tensor(fake_features, device)
+    if real.shape[1] != fake.shape[1]:
+        raise ValueError(f"real and fake features differ in dimension: {real.shape[1]} vs {fake.shape[1]}")
+    if min(len(real), len(fake)) <= k:
+        raise ValueError(f"PRDC with k = {k} needs more than {k} real and fake points, got {len(real)} and {len(fake)}")
+
+    with full_float32_precision():  # TF32 or bf16 matmuls would void the error bound
+        centre = real.mean(dim=0).float()  # distances ignore the shift; the error bound shrinks with it
+        real_set, fake_set = _feature_set(real, centre), _feature_set(fake, centre)
+        real_radii, fake_radii = _knn_radii(real_set, k, tile_size), _knn_radii(fake_set, k, tile_size)
+        counts = _ball_counts(real_radii, fake_radii, tile_size)
+
+    fakes_in_real_balls, fake_in_some_real_ball, real_ball_holds_fake, real_in_some_fake_ball = counts
+    return {
+        "precision": fake_in_some_real_ball.double().mean().item(),
+        "recall": real_in_some_fake_ball.double().mean().item(),
+        "density": fakes_in_real_balls.sum().item() / (k * len(fake)),
+        "coverage": real_ball_holds_fake.double().mean().item(),
+    }
+
+
+def _decide(sweep: torch.Tensor, error: torch.Tensor, low: torch.Tensor, high: torch.Tensor):
+    """(surely inside, unsure) for squared distances known to within ``error`` against squared radii in [low, high]."""
+    inside = sweep + error < low
+    return inside, ~inside & (sweep - error <= high)
+
+
+def _ball_counts(real_radii: _Radii, fake_radii: _Radii, tile_size: int):
+    """Per-point counts behind the four metrics, from one sweep over the real x fake tiles."""
+    real, fake = real_radii.points, fake_radii.points
+    device = real.original.device
+    dtype = torch.float32 if real.original.dtype == fake.original.dtype == torch.float32 else torch.float64
+    fakes_in_real_balls = torch.zeros(len(fake), dtype=torch.long, device=device)  # density numerator, per fake
+    fake_in_some_real_ball = torch.zeros(len(fake), dtype=torch.bool, device=device)  # precision
+    real_ball_holds_fake = torch.zeros(len(real), dtype=torch.bool, device=device)  # coverage
+    real_in_some_fake_ball = torch.zeros(len(real), dtype=torch.bool, device=device)  # recall
+
+    def count(rows: torch.Tensor, cols: torch.Tensor, in_real_ball: torch.Tensor, in_fake_ball: torch.Tensor) -> None:
+        inside_cols = cols[in_real_ball]
+        fakes_in_real_balls.index_add_(0, inside_cols, torch.ones_like(inside_cols))
+        fake_in_some_real_ball[inside_cols] = True
+        real_ball_holds_fake[rows[in_real_ball]] = True
+        real_in_some_fake_ball[rows[in_fake_ball]] = True
+
+    real_low, real_high = real_radii.squared_bounds()
+    fake_low, fake_high = fake_radii.squared_bounds()
+    unsure_pairs = []
+    for cols in _blocks(len(fake), tile_size):
+        right = fake.right(cols).T
+        for rows in _blocks(len(real), tile_size):
+            squared = real.augmented[rows] @ right
+            # Only pairs within their error of some ball can be inside one: a float32 threshold per row and per column
+            # finds those few, which are then decided one by one in float64.
+            row_reach = ((real_high[rows] + real.margin[rows] + fake.margin[cols].max()) * (1 + SLACK)).float()
+            col_reach = ((fake_high[cols] + fake.margin[cols] + real.margin[rows].max()) * (1 + SLACK)).float()
+            near = (squared <= row_reach[:, None]) | (squared <= col_reach[None, :])
+            pair_rows, pair_cols = near.nonzero(as_tuple=True)
+            sweep = squared[pair_rows, pair_cols].double()
+            pair_rows, pair_cols = pair_rows + rows.start, pair_cols + cols.start
+            error = real.margin[pair_rows] + fake.margin[pair_cols]
+            in_real, unsure_real = _decide(sweep, error, real_low[pair_rows], real_high[pair_rows])
+            in_fake, unsure_fake = _decide(sweep, error, fake_low[pair_cols], fake_high[pair_cols])
+            unsure = unsure_real | unsure_fake
+            count(pair_rows[~unsure], pair_cols[~unsure], in_real[~unsure], in_fake[~unsure])
+            pair_data = (pair_rows, pair_cols, sweep, error, in_real, unsure_real, in_fake, unsure_fake)
+            unsure_pairs.append([tensor[unsure] for tensor in pair_data])
+    rows, cols, sweep, error, in_real, unsure_real, in_fake, unsure_fake = map(torch.cat, zip(*unsure_pairs))
+
+    # The unsure pairs against the exact radii of their balls; the pairs still unsure get exact distances.
+    real_side, fake_side = unsure_real.nonzero().squeeze(1), unsure_fake.nonzero().squeeze(1)
+    real_squared = real_radii.exact(rows[real_side]).double().square()
+    in_real[real_side], unsure_real[real_side] = _decide(
+        sweep[real_side], error[real_side], real_squared * (1 - SLACK), real_squared * (1 + SLACK)
+    )
+    fake_squared = fake_radii.exact(cols[fake_side]).double().square()
+    in_fake[fake_side], unsure_fake[fake_side] = _decide(
+        sweep[fake_side], error[fake_side], fake_squared * (1 - SLACK), fake_squared * (1 + SLACK)
+    )
+    real_side, fake_side = unsure_real.nonzero().squeeze(1), unsure_fake.nonzero().squeeze(1)
+    exact_pairs = torch.cat([real_side, fake_side]).unique()
+    distances = torch.empty(len(rows), dtype=dtype, device=device)
+    distances[exact_pairs] = _exact_distances(real, rows[exact_pairs], fake, cols[exact_pairs], dtype)
+    in_real[real_side] = distances[real_side] < real_radii.exact(rows[real_side]).to(dtype)
+    in_fake[fake_side] = distances[fake_side] < fake_radii.exact(cols[fake_side]).to(dtype)
+    count(rows, cols, in_real, in_fake)
+    return fakes_in_real_balls, fake_in_some_real_ball, real_ball_holds_fake, real_in_some_fake_ball

@@ -1,0 +1,264 @@
+"""Sampling, the Evaluator and its reference-statistics cache, image folders, and the eval/ command-line tools."""
+import csv
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import genkd  # noqa: F401  (before anything that imports torchvision)
+from genkd.checkpoint import save_checkpoint
+from genkd.config import load_config, save_config
+from genkd.defaults import CHECKS, CHOICES, DEFAULTS
+from genkd.evaluation import EvaluationError, Evaluator, evaluate_folder, load_image_folder, reference_images
+from genkd.metrics import METRIC_KEYS, save_random_inception_weights
+from genkd.metrics.inception import file_identity
+from genkd.models.biggan import build_models
+from genkd.sampling import balanced_labels, gather_shares, process_share, quantize, sample_images
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
+import compare_norms  # noqa: E402
+import evaluate  # noqa: E402
+
+COUNT = 10  # generated and reference images per evaluation: IS needs >= 10 (its splits), PRDC > k = 5
+
+
+class MemorisingGenerator(nn.Module):
+    """G(z, y) that returns real CIFAR images of class y (picked by z), in [-1, 1]; records its training flag."""
+
+    z_dim = 4
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, num_classes: int = 10):
+        super().__init__()
+        per_class = min(np.bincount(labels, minlength=num_classes))
+        bank = np.stack([images[labels == label][:per_class] for label in range(num_classes)])
+        self.register_buffer("bank", torch.from_numpy(bank).permute(0, 1, 4, 2, 3).float() / 127.5 - 1)
+        self.scale = nn.Parameter(torch.ones(()))  # gives the module a parameter (and so a device)
+        self.training_flags = []
+
+    def forward(self, z, y):
+        self.training_flags.append(self.training)
+        pick = (z[:, 0].abs() * 1000).long() % self.bank.shape[1]
+        return self.bank[y, pick] * self.scale
+
+
+class FakeAccelerator:
+    """Process ``rank`` of ``world``; ``gather`` returns what every process would contribute (given up front)."""
+
+    def __init__(self, rank, world, contributions=None):
+        self.process_index, self.num_processes = rank, world
+        self.is_local_main_process = self.is_main_process = rank == 0
+        self.contributions = contributions
+
+    def unwrap_model(self, model):
+        return model
+
+    def gather(self, tensor):
+        return torch.cat(self.contributions)
+
+
+@pytest.fixture(scope="session")
+def generator(cifar10_arrays):
+    x_train, y_train, _, _ = cifar10_arrays
+    return MemorisingGenerator(x_train, y_train)
+
+
+@pytest.fixture(scope="session")
+def inception_weights(tmp_path_factory):
+    return save_random_inception_weights(tmp_path_factory.mktemp("inception") / "random-inception.pth")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+def eval_config(npz, weights, cache_dir, *extra):
+    argv = [
+        "--data.dataset", "npz", "--data.root", str(npz), "--eval.num_samples", str(COUNT),
+        "--eval.batch_size", str(COUNT), "--eval.reference_images", str(COUNT), "--eval.inception_weights",
+        str(weights), "--eval.cache_dir", str(cache_dir), *extra,
+    ]  # fmt: skip
+    return load_config(DEFAULTS, argv, choices=CHOICES, checks=CHECKS)
+
+
+def test_balanced_labels_are_exact_balanced_and_seeded():
+    labels = balanced_labels(1003, 10, seed=0)
+    counts = torch.bincount(labels, minlength=10)
+    assert len(labels) == 1003 and counts.sum() == 1003
+    assert set(counts.tolist()) == {100, 101} and (counts == 101).sum() == 3
+    assert torch.equal(labels, balanced_labels(1003, 10, seed=0))
+    assert not torch.equal(labels, balanced_labels(1003, 10, seed=1))
+    fewer_than_classes = torch.bincount(balanced_labels(50, 100, seed=2), minlength=100)
+    assert sorted(fewer_than_classes.tolist()) == [0] * 50 + [1] * 50
+
+
+def test_quantize_rounds_like_a_saved_image():
+    values = torch.tensor([-1.5, -1.0, -0.996, 0.0, 0.5, 1.0, 1.2])
+    assert quantize(values).tolist() == [0, 0, 1, 128, 191, 255, 255]  # 127.5 and 190.5 round half to even
+    pixels = torch.arange(256, dtype=torch.uint8)
+    assert torch.equal(quantize(pixels.float() / 127.5 - 1), pixels)  # uint8 -> [-1, 1] -> uint8 is lossless
+
+
+def test_sample_images_gives_exactly_n_balanced_real_images_in_eval_mode(generator):
+    generator.train()
+    generator.training_flags.clear()
+    images, labels = sample_images(generator, 10, 37, batch_size=8, seed=3, progress=False)
+    assert images.shape == (37, 3, 32, 32) and images.dtype == torch.uint8
+    assert torch.equal(labels, balanced_labels(37, 10, seed=3))
+    assert generator.training_flags == [False] * 5 and generator.training  # eval mode inside, mode restored after
+    bank = ((generator.bank + 1) * 127.5).round().to(torch.uint8)
+    for image, label in zip(images, labels):  # every sample is one of the real images of its class, exactly
+        assert (bank[label] == image).flatten(1).all(dim=1).any()
+    again, _ = sample_images(generator, 10, 37, batch_size=37, seed=3, progress=False)
+    assert torch.equal(images, again)  # the batch size does not change the samples
+    assert not torch.equal(images, sample_images(generator, 10, 37, batch_size=37, seed=4, progress=False)[0])
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+def test_processes_share_the_samples_without_padding_duplicates(generator, world):
+    total = 10
+    single, single_labels = sample_images(generator, 10, total, batch_size=4, seed=5, progress=False)
+    processes = [FakeAccelerator(rank, world) for rank in range(world)]
+    shares = [sample_images(generator, 10, total, 4, 5, process, gather=False, progress=False) for process in processes]
+    assert [len(images) for images, _ in shares] == [len(range(total)[process_share(total, p)]) for p in processes]
+    assert torch.equal(torch.cat([images for images, _ in shares]), single)
+    largest = max(len(images) for images, _ in shares)
+    padded = [torch.cat([images, images.new_zeros(largest - len(images), *images.shape[1:])]) for images, _ in shares]
+    for rank in range(world):
+        gathered = gather_shares(shares[rank][0], total, FakeAccelerator(rank, world, padded))
+        assert torch.equal(gathered, single)
+    assert torch.equal(torch.cat([labels for _, labels in shares]), single_labels)
+
+
+def test_evaluator_caches_reference_statistics_keyed_by_the_weights_file(
+    cifar10_npz, inception_weights, cache_dir, generator, tmp_path
+):
+    cfg = eval_config(cifar10_npz, inception_weights, cache_dir)
+    first = Evaluator(cfg, progress=False)
+    metrics = first(generator, 10)
+    assert set(metrics) == set(METRIC_KEYS) and all(np.isfinite(list(metrics.values())))
+    assert first.reference_was_cached is False
+    assert len(list((cache_dir / "reference").glob("*.pt"))) == 1
+
+    second = Evaluator(cfg, progress=False)
+    reference = second.reference()
+    assert second.reference_was_cached is True and second._inception is None  # no Inception pass at all
+    assert torch.equal(reference.features, first.reference().features)
+    assert torch.equal(reference.cov, first.reference().cov)
+
+    other_weights = shutil.copy(inception_weights, tmp_path / "other.pth")  # same bytes, another file: a new key
+    third = Evaluator(eval_config(cifar10_npz, other_weights, cache_dir), progress=False)
+    third.reference()
+    assert third.reference_was_cached is False
+    assert len(list((cache_dir / "reference").glob("*.pt"))) == 2
+
+
+def test_identical_images_score_perfectly_and_folders_match_arrays(cifar10_npz, inception_weights, cache_dir, tmp_path):
+    cfg = eval_config(cifar10_npz, inception_weights, cache_dir)
+    evaluator = Evaluator(cfg, progress=False)
+    images = reference_images(cfg.data, "test", COUNT)
+    metrics = evaluator.evaluate_images(images)
+    assert abs(metrics["fid"]) < 1e-6 * evaluator.reference().cov.trace().item()
+    assert {key: metrics[key] for key in ("precision", "recall", "density", "coverage")} == dict.fromkeys(
+        ("precision", "recall", "density", "coverage"), 1.0
+    )
+    for index, image in enumerate(images):
+        Image.fromarray(image).save(tmp_path / f"{index:03d}.png")
+    assert evaluate_folder(tmp_path, cfg, progress=False) == metrics
+
+
+def test_reference_subset_and_folder_errors(cifar10_npz, tmp_path):
+    data_cfg = load_config(DEFAULTS, ["--data.dataset", "npz", "--data.root", str(cifar10_npz)]).data
+    subset = reference_images(data_cfg, "test", 50)
+    assert np.array_equal(subset, reference_images(data_cfg, "test", 50)) and len(subset) == 50
+    with pytest.raises(EvaluationError, match="eval.reference_images is 5000 but the test split has 1017"):
+        reference_images(data_cfg, "test", 5000)
+    with pytest.raises(EvaluationError, match="no images"):
+        load_image_folder(tmp_path)
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    Image.new("RGB", (64, 64)).save(tmp_path / "b.png")
+    with pytest.raises(EvaluationError, match="differ in size"):
+        load_image_folder(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def run_dir(tmp_path_factory, cifar10_npz, inception_weights, cache_dir):
+    """A run directory as genkd.train leaves it: config.yaml and checkpoints/last.pt with a small BigGAN."""
+    run = tmp_path_factory.mktemp("run")
+    cfg = eval_config(cifar10_npz, inception_weights, cache_dir, "--model.g_width", "8", "--model.d_width", "8",
+                      "--model.shared_dim", "16", "--model.z_dim", "16", "--run_dir", str(run))  # fmt: skip
+    generator, _ = build_models(cfg.model, 10)
+    save_config(cfg, run / "config.yaml")
+    state = {"step": 1, "num_classes": 10, "config": cfg.to_dict(), "G_ema": generator.state_dict()}
+    save_checkpoint(state, run / "checkpoints" / "last.pt")
+    return run
+
+
+def test_evaluate_cli_writes_metrics_json_for_a_run(run_dir, capsys):
+    evaluate.main([str(run_dir), "--device", "cpu", "--num-samples", str(COUNT)])
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert set(record["metrics"]) == set(METRIC_KEYS)
+    assert record["source"] == file_identity(run_dir / "checkpoints" / "last.pt")
+    assert record["settings"]["eval"]["num_samples"] == COUNT and record["settings"]["data"]["dataset"] == "npz"
+    printed = capsys.readouterr().out
+    assert "fid" in printed and "coverage" in printed and str(run_dir / "metrics.json") in printed
+
+
+def test_evaluate_cli_errors_are_one_line(tmp_path, run_dir):
+    with pytest.raises(SystemExit, match=r"^error: .*missing not found: pass a run directory"):
+        evaluate.main([str(tmp_path / "missing"), "--device", "cpu"])
+    broken = tmp_path / "broken"
+    (broken / "checkpoints").mkdir(parents=True)
+    shutil.copy(run_dir / "config.yaml", broken / "config.yaml")
+    whole = (run_dir / "checkpoints" / "last.pt").read_bytes()
+    (broken / "checkpoints" / "last.pt").write_bytes(whole[: len(whole) // 2])  # a copy cut short
+    with pytest.raises(SystemExit, match=r"^error: checkpoint .* is corrupt or incomplete") as error:
+        evaluate.main([str(broken), "--device", "cpu"])
+    assert "\n" not in str(error.value)
+    with pytest.raises(SystemExit, match="unknown config key 'eval.num_sample'"):
+        evaluate.main([str(run_dir), "--device", "cpu", "--eval.num_sample", "5"])
+
+
+def make_scored_run(root: Path, norm: str, dataset_frac: float, metrics: dict, cfg) -> Path:
+    """A run whose metrics.json is up to date, so compare_norms reads it instead of evaluating."""
+    run = root / f"run-{dataset_frac}-{norm}"
+    cfg = load_config(cfg, ["--distill.enabled", "true", "--distill.norm", norm, "--data.frac", str(dataset_frac)])
+    run.mkdir(parents=True)
+    save_config(cfg, run / "config.yaml")
+    checkpoint = run / "checkpoints" / "last.pt"
+    save_checkpoint({"placeholder": True}, checkpoint)
+    settings = evaluate.evaluation_settings(cfg, Path(cfg.eval.inception_weights))
+    record = {"metrics": metrics, "source": file_identity(checkpoint), "settings": settings}
+    (run / "metrics.json").write_text(json.dumps(record))
+    return run
+
+
+def test_compare_norms_reads_up_to_date_metrics_and_writes_table_and_chart(
+    tmp_path, cifar10_npz, inception_weights, cache_dir
+):
+    cfg = eval_config(cifar10_npz, inception_weights, cache_dir)
+    runs = []
+    for frac in (0.1, 0.2):
+        for value, norm in enumerate(("whitening", "none", "layernorm")):
+            metrics = {key: float(value + frac) for key in METRIC_KEYS}
+            runs.append(make_scored_run(tmp_path / "runs", norm, frac, metrics, cfg))
+    out = tmp_path / "out"
+    rows = compare_norms.main([*map(str, runs), "--out", str(out), "--device", "cpu", "--num-samples", str(COUNT)])
+    assert [(row["dataset"], row["norm"]) for row in rows] == [
+        (f"npz {frac:.0%}", norm) for frac in (0.1, 0.2) for norm in ("none", "layernorm", "whitening")
+    ]
+    with open(out / "norms.csv") as file:
+        table = list(csv.DictReader(file))
+    assert table[0]["norm"] == "none" and float(table[0]["FID"]) == pytest.approx(1.1)  # 'none' was value 1
+    assert "| npz 10% | whitening | 0.10 |" in (out / "norms.md").read_text()
+    assert Image.open(out / "norms.png").size[0] > 1000
+
+    # A changed evaluation setting makes the stored metrics stale.
+    assert compare_norms.up_to_date_metrics(runs[0], ["--num-samples", str(COUNT)]) is not None
+    assert compare_norms.up_to_date_metrics(runs[0], ["--num-samples", str(COUNT + 1)]) is None
