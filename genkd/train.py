@@ -9,6 +9,7 @@ Any key of genkd/defaults.py can be overridden as ``--section.key value``. The l
 set-up, then per generator step ``train.d_steps`` discriminator steps and one generator step, then the bookkeeping
 (EMA, logs, sample grids, evaluation, checkpoints).
 """
+import math
 import sys
 from pathlib import Path
 
@@ -29,6 +30,8 @@ from genkd.data import DataError, load_arrays, subset_indices
 from genkd.defaults import gan_config
 from genkd.diffaug import diff_augment
 from genkd.distill import build_distiller
+from genkd.evaluation import EvaluationError, Evaluator
+from genkd.metrics.inception import InceptionWeightsError
 from genkd.models.biggan import build_models
 from genkd.teachers import TeacherError
 
@@ -128,7 +131,8 @@ def main(argv=None):
     optimizer_g = torch.optim.Adam(generator.parameters(), lr=cfg.train.g_lr, betas=tuple(cfg.train.betas))
     optimizer_d = torch.optim.Adam(d_parameters, lr=cfg.train.d_lr, betas=tuple(cfg.train.betas))
 
-    step = 0
+    evaluator = Evaluator(cfg, accelerator) if cfg.eval.every else None  # checks the Inception weights now
+    step, best_fid = 0, math.inf
     if resume is not None:
         state = load_checkpoint(run_dir)
         generator.load_state_dict(state["G"])
@@ -141,7 +145,7 @@ def main(argv=None):
                 group.update(lr=lr, betas=tuple(cfg.train.betas))
         if distiller:
             distiller.projector.load_state_dict(state["projector"])
-        step = state["step"]
+        step, best_fid = state["step"], state["best_fid"]
     generator, discriminator, optimizer_g, optimizer_d = accelerator.prepare(
         generator, discriminator, optimizer_g, optimizer_d
     )
@@ -175,6 +179,7 @@ def main(argv=None):
             save_checkpoint(
                 {
                     "step": step,
+                    "best_fid": best_fid,
                     "num_classes": num_classes,
                     "config": cfg.to_dict(),
                     "G": accelerator.unwrap_model(generator).state_dict(),
@@ -246,6 +251,14 @@ def main(argv=None):
             progress.set_postfix({key.split("/")[1]: f"{value:.3f}" for key, value in logs.items()})
         if accelerator.is_main_process and (step % cfg.train.sample_every == 0 or step == cfg.train.steps):
             save_sample_grid(generator_ema, grid_noise, grid_labels, run_dir / "samples" / f"{step:07d}.png", columns)
+        if evaluator and (step % cfg.eval.every == 0 or step == cfg.train.steps):
+            stop_if_diverged(nonfinite)
+            metrics = evaluator(generator_ema, num_classes)  # its own seeded noise: the training stream is untouched
+            accelerator.log({f"eval/{name}": value for name, value in metrics.items()}, step=step)
+            accelerator.print(f"step {step}: " + ", ".join(f"{name} {value:.4g}" for name, value in metrics.items()))
+            if metrics["fid"] < best_fid:
+                best_fid = metrics["fid"]
+                checkpoint("best")
         if step % cfg.train.ckpt_every == 0 or step == cfg.train.steps:
             stop_if_diverged(nonfinite)
             checkpoint("last")
@@ -257,5 +270,7 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigError, DataError, CheckpointError, TeacherError, NonFiniteLossError) as error:
+    except (
+        ConfigError, DataError, CheckpointError, TeacherError, EvaluationError, InceptionWeightsError, NonFiniteLossError
+    ) as error:
         sys.exit(f"error: {error}")

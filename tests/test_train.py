@@ -171,3 +171,22 @@ def test_two_processes_with_accelerate_launch(tiny_run, tmp_path):
     assert state["step"] == 2 and len(state["rng"]) == 2  # one random state per process
     assert not torch.equal(state["rng"][0]["cpu"], state["rng"][1]["cpu"])
     assert all(not key.startswith("module.") for key in state["projector"])  # saved unwrapped from DDP
+
+
+def test_evaluation_during_training_logs_metrics_and_keeps_best_checkpoint(tiny_run, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from genkd.metrics import METRIC_KEYS, save_random_inception_weights
+
+    weights = save_random_inception_weights(tmp_path / "random-inception.pth")
+    evaluation = ["--eval.every", "2", "--eval.num-samples", "20", "--eval.batch-size", "10"]
+    evaluation += ["--eval.inception-weights", str(weights), "--eval.reference-images", "40"]
+    evaluation += ["--eval.cache-dir", str(tmp_path / "cache")]
+    train.main(tiny_run("run", "--train.steps", "4", *evaluation))
+    best, last = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt"), load_checkpoint(tmp_path / "run")
+    assert best["step"] in (2, 4) and best["best_fid"] == last["best_fid"] < float("inf")
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+    logged = {tag.split("eval/")[1] for tag in events.Tags()["scalars"] if "eval/" in tag}
+    assert logged == set(METRIC_KEYS)
+    fids = [event.value for tag in events.Tags()["scalars"] if tag.endswith("eval/fid") for event in events.Scalars(tag)]
+    assert len(fids) == 2 and min(fids) == pytest.approx(last["best_fid"], rel=1e-6)  # TensorBoard keeps float32
