@@ -2,6 +2,7 @@
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -33,7 +34,14 @@ class CifarClassifier(nn.Module):
         return getattr(self, self.head_name)
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        raise NotImplementedError
+        """conv1-bn1-ReLU stem, then the outputs of layer1..layer3: the CIFAR ResNets' and ShuffleNetV1's layout;
+        the other models override it."""
+        x = F.relu(self.bn1(self.conv1(x)))
+        stages = []
+        for layer in (self.layer1, self.layer2, self.layer3):
+            x = layer(x)
+            stages.append(x)
+        return stages
 
     def forward(self, x: torch.Tensor) -> ClassifierOutput:
         stages = self.forward_stages(x)

@@ -44,11 +44,3 @@ class CifarResNet(CifarClassifier):
             in_channels = width
         self.fc = nn.Linear(in_channels, num_classes)
         self.init_weights()
-
-    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = F.relu(self.bn1(self.conv1(x)))
-        stages = []
-        for layer in (self.layer1, self.layer2, self.layer3):
-            x = layer(x)
-            stages.append(x)
-        return stages

@@ -53,14 +53,6 @@ class ShuffleNetV1(CifarClassifier):
         self.linear = nn.Linear(in_channels, num_classes)
         self.init_weights()
 
-    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        x = F.relu(self.bn1(self.conv1(x)))
-        stages = []
-        for layer in (self.layer1, self.layer2, self.layer3):
-            x = layer(x)
-            stages.append(x)
-        return stages
-
 
 class DownUnitV2(nn.Module):
     """Stride-2 unit: both halves see the whole input (depthwise 3x3 + 1x1 | 1x1 + depthwise 3x3 + 1x1)."""
