@@ -4,6 +4,7 @@ Every key must already exist in the defaults table, so a typo stops the run with
 being silently ignored. Values are parsed as YAML (``0.1``, ``true``, ``[0.0, 0.999]``) and checked against the type of
 the default and against the optional ``choices`` and ``checks`` tables of the caller.
 """
+import contextlib
 import copy
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -52,10 +53,8 @@ def _coerce(path: str, value: Any, default: Any) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
         if isinstance(value, str):  # YAML 1.1 reads "1e-4" (no dot) as a string
-            try:
+            with contextlib.suppress(ValueError):
                 return float(value)
-            except ValueError:
-                pass
     elif isinstance(default, str):
         if isinstance(value, str):
             return value
