@@ -177,5 +177,15 @@ def split_resume(argv: Sequence[str]) -> tuple[list[str], Path | None]:
     return argv, resume
 
 
+def config_and_resume(argv: Sequence[str], build_config: Callable[..., Config]) -> tuple[Config, Path | None]:
+    """``build_config(argv, base_files=...)``, on top of the saved config of the run that ``--resume`` names."""
+    argv, resume = split_resume(argv)
+    if resume is None:
+        return build_config(argv), None
+    cfg = build_config(argv, base_files=[resume / "config.yaml"])
+    cfg.run_dir = str(resume)
+    return cfg, resume
+
+
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

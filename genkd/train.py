@@ -25,7 +25,7 @@ from torchvision.utils import save_image
 from tqdm import tqdm
 
 from genkd.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_checkpoint
-from genkd.config import ConfigError, save_config, split_resume
+from genkd.config import ConfigError, config_and_resume, save_config
 from genkd.data import DataError, load_arrays, subset_indices
 from genkd.defaults import gan_config
 from genkd.diffaug import diff_augment
@@ -94,18 +94,8 @@ def save_sample_grid(generator, noise, labels, path: Path, columns: int) -> None
     save_image(images.float(), path, nrow=columns, normalize=True, value_range=(-1, 1))
 
 
-def parse_args(argv):
-    """``--resume RUN_DIR`` reads that run's saved config; other options override config files and defaults."""
-    argv, resume = split_resume(argv)
-    if resume is None:
-        return gan_config(argv), None
-    cfg = gan_config(argv, base_files=[resume / "config.yaml"])
-    cfg.run_dir = str(resume)
-    return cfg, resume
-
-
 def main(argv=None):
-    cfg, resume = parse_args(sys.argv[1:] if argv is None else argv)
+    cfg, resume = config_and_resume(sys.argv[1:] if argv is None else argv, gan_config)
     run_dir = Path(cfg.run_dir)
     if resume is None and checkpoint_path(run_dir).is_file():
         raise ConfigError(f"{run_dir} already holds a checkpoint: pass --resume {run_dir}, or choose another --run-dir")

@@ -30,7 +30,7 @@ from genkd.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, 
 from genkd.classifier.losses import LOSS_DEFAULTS, LOSS_METHODS, build_classifier_loss
 from genkd.classifier.models import MODELS, ClassifierOutput, build_model, load_weights
 from genkd.classifier.models.clip import ClipClassifier
-from genkd.config import Config, ConfigError, load_config, save_config, split_resume
+from genkd.config import Config, ConfigError, config_and_resume, load_config, save_config
 from genkd.data import ArrayDataset, load_arrays, subset_indices
 from genkd.defaults import CHECKS as GAN_CHECKS
 from genkd.defaults import CHOICES as GAN_CHOICES
@@ -118,16 +118,6 @@ def classifier_config(argv=(), base_files=()) -> Config:
         suffix = f"-{cfg.distill.method}-{cfg.model.teacher}" if distilling else ""
         cfg.run_dir = f"runs/classifier/{cfg.data.dataset}-{cfg.model.student}{suffix}"
     return cfg
-
-
-def parse_args(argv):
-    """``--resume RUN_DIR`` reads that run's saved config; other options override config files and defaults."""
-    argv, resume = split_resume(argv)
-    if resume is None:
-        return classifier_config(argv), None
-    cfg = classifier_config(argv, base_files=[resume / "config.yaml"])
-    cfg.run_dir = str(resume)
-    return cfg, resume
 
 
 # ---------------------------------------------------------------- data
@@ -253,7 +243,7 @@ def write_json(data: dict, path: Path) -> None:
 
 def main(argv=None) -> dict:
     """Train; returns the metrics written to metrics.json."""
-    cfg, resume = parse_args(sys.argv[1:] if argv is None else argv)
+    cfg, resume = config_and_resume(sys.argv[1:] if argv is None else argv, classifier_config)
     run_dir = Path(cfg.run_dir)
     if resume is None and checkpoint_path(run_dir).is_file():
         raise ConfigError(f"{run_dir} already holds a checkpoint: pass --resume {run_dir}, or choose another --run-dir")
