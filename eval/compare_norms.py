@@ -104,7 +104,7 @@ def plot(rows: list[dict], path: Path) -> None:
     datasets = list(dict.fromkeys(row["dataset"] for row in rows))
     norms = [norm for norm in NORM_ORDER if any(row["norm"] == norm for row in rows)]
     width = 0.8 / len(norms)
-    figure, axes = plt.subplots(1, len(COLUMNS), figsize=(3.2 * len(COLUMNS), 3.4))
+    figure, axes = plt.subplots(1, len(COLUMNS), figsize=(3.2 * len(COLUMNS), 4.0))
     for axis, (key, title) in zip(axes, COLUMNS):
         for position, norm in enumerate(norms):
             found = {row["dataset"]: row for row in rows if row["norm"] == norm}
@@ -115,13 +115,34 @@ def plot(rows: list[dict], path: Path) -> None:
             axis.bar(xs, values, width, yerr=errors, label=norm, color=f"C{NORM_ORDER.index(norm)}")
         axis.set_title(title + (" (lower is better)" if key == "fid" else ""))
         axis.set_xticks(range(len(datasets)), datasets, rotation=15)
-    axes[0].legend(title="distill.norm", fontsize="small")
-    figure.tight_layout()
+        axis.set_ylim(0, 1.05 if key in ("precision", "recall", "coverage") else None)
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, title="distill.norm", loc="upper center", ncol=len(norms), fontsize="small")
+    figure.tight_layout(rect=(0, 0, 1, 0.82))
     figure.savefig(path, dpi=120)
     plt.close(figure)
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
+def split_overrides(argv: list[str], parser: argparse.ArgumentParser) -> tuple[list[str], list[str]]:
+    """(this script's arguments, the --data.* / --eval.* options with their values): argparse alone would take the
+    value of an option it does not know for a run directory."""
+    options = parser._option_string_actions
+    own, overrides, args = [], [], list(argv)
+    while args:
+        arg = args.pop(0)
+        name = arg.split("=")[0]
+        if arg.startswith("--") and name not in options:
+            overrides.append(arg)
+            if "=" not in arg and args and not args[0].startswith("--"):
+                overrides.append(args.pop(0))
+            continue
+        own.append(arg)
+        if name in options and "=" not in arg and options[name].nargs is None and options[name].const is None and args:
+            own.append(args.pop(0))  # its value, even one like "--data.frac 0.1" for --train-args
+    return own, overrides
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], epilog="Other --data.* / --eval.* options go to the evaluation."
     )
@@ -132,7 +153,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--launcher", choices=("python", "accelerate"), default="python")
     parser.add_argument("--train-args", default="", help='more options for genkd.train, e.g. "--data.frac 0.1"')
     parser.add_argument("--device", default=None, help="evaluation device (default: cuda when there is one)")
-    args, overrides = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = build_parser()
+    own, overrides = split_overrides(sys.argv[1:] if argv is None else argv, parser)
+    args = parser.parse_args(own)
     try:
         runs = [*args.runs, *train_runs(args.train, args.steps, args.out, args.launcher, args.train_args)]
         if not runs:

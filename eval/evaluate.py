@@ -115,7 +115,7 @@ def split_arguments(argv: list[str]) -> tuple[str, str | None, str | None, list[
     if args and not args[0].startswith("--"):
         source = args.pop(0)
     if source is None:
-        raise ConfigError("usage: eval/evaluate.py RUN_DIR|CHECKPOINT.pt|IMAGE_DIR [--out F] [--device D] [--key value]")
+        raise ConfigError("usage: eval/evaluate.py RUN_DIR|CHECKPOINT.pt|IMAGE_DIR [--out F] [--device D] [--key val]")
     return source, options["--out"], options["--device"], args
 
 

@@ -262,3 +262,13 @@ def test_compare_norms_reads_up_to_date_metrics_and_writes_table_and_chart(
     # A changed evaluation setting makes the stored metrics stale.
     assert compare_norms.up_to_date_metrics(runs[0], ["--num-samples", str(COUNT)]) is not None
     assert compare_norms.up_to_date_metrics(runs[0], ["--num-samples", str(COUNT + 1)]) is None
+
+
+def test_compare_norms_tells_its_options_from_evaluation_overrides():
+    argv = ["--train", "a.yaml", "b.yaml", "--num-samples", "20", "--train-args", "--data.frac 0.1", "--out", "o",
+            "--eval.split=train", "runs/x", "--device", "cpu"]  # fmt: skip
+    own, overrides = compare_norms.split_overrides(argv, compare_norms.build_parser())
+    assert overrides == ["--num-samples", "20", "--eval.split=train"]
+    args = compare_norms.build_parser().parse_args(own)
+    assert (args.train, args.train_args) == (["a.yaml", "b.yaml"], "--data.frac 0.1")
+    assert (args.runs, args.device) == ([Path("runs/x")], "cpu")

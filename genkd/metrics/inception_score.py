@@ -14,7 +14,7 @@ def compute_inception_score(
 ) -> tuple[float, float]:
     """(mean, population std) of the per-split scores of (N, classes) logits; ``shuffle_seed`` None keeps the order."""
     if logits.ndim != 2 or len(logits) < splits:
-        raise ValueError(f"the Inception score over {splits} splits needs (N >= {splits}, C) logits, got {logits.shape}")
+        raise ValueError(f"an Inception score over {splits} splits needs (N >= {splits}, C) logits, got {logits.shape}")
     count = len(logits)
     if shuffle_seed is not None:
         order = torch.from_numpy(np.random.RandomState(shuffle_seed).permutation(count)).to(logits.device)
