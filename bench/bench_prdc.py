@@ -93,32 +93,33 @@ def main() -> None:
         f"{importlib.metadata.version('prdc')} on CPU; {torch.get_num_threads()} CPU threads"
     )
 
+    def ours(real_t: torch.Tensor, fake_t: torch.Tensor):
+        return measure(lambda: compute_prdc(real_t, fake_t, args.k, args.tile_size, device), device)
+
     real = structured_features(args.size, args.dim, seed=0)
     fake = structured_features(args.size, args.dim, seed=1, shift=0.15)
     with contextlib.redirect_stdout(io.StringIO()):  # prdc prints its sizes
         reference, reference_s, reference_memory = measure(
             lambda: reference_prdc.compute_prdc(real, fake, args.k), torch.device("cpu"), numpy=True
         )
-    real_t, fake_t = torch.from_numpy(real).to(device), torch.from_numpy(fake).to(device)
-    ours, ours_s, ours_memory = measure(lambda: compute_prdc(real_t, fake_t, args.k, args.tile_size, device), device)
-    difference = max(abs(float(reference[key]) - ours[key]) for key in ours)
-    print(f"N = M = {args.size}  (load average before: {os.getloadavg()[0]:.1f}; wall time is shared, CPU time is ours)")
-    print(f"  prdc (sklearn)      {reference_s[0]:7.1f} s wall {reference_s[1]:7.1f} s CPU   {describe(reference_memory)}")
-    print(f"  genkd.metrics.prdc  {ours_s[0]:7.1f} s wall {ours_s[1]:7.1f} s CPU   {describe(ours_memory)}")
+    result, seconds, memory = ours(torch.from_numpy(real).to(device), torch.from_numpy(fake).to(device))
+    difference = max(abs(float(reference[key]) - result[key]) for key in result)
+    print(f"N = M = {args.size}  (load average: {os.getloadavg()[0]:.1f}; wall time is shared, CPU time is ours)")
+    print(f"  prdc (sklearn)      {reference_s[0]:7.1f} s wall {reference_s[1]:7.1f} s CPU  {describe(reference_memory)}")
+    print(f"  genkd.metrics.prdc  {seconds[0]:7.1f} s wall {seconds[1]:7.1f} s CPU  {describe(memory)}")
     print(
-        f"  speed-up {reference_s[0] / ours_s[0]:.1f}x wall, {reference_s[1] / ours_s[1]:.1f}x CPU; "
+        f"  speed-up {reference_s[0] / seconds[0]:.1f}x wall, {reference_s[1] / seconds[1]:.1f}x CPU; "
         f"max |difference| of the four metrics: {difference:.1e}"
     )
-    print("  " + ", ".join(f"{key} {value:.4f}" for key, value in ours.items()))
+    print("  " + ", ".join(f"{key} {value:.4f}" for key, value in result.items()))
 
     if args.large:
-        del real_t, fake_t
-        real_t = torch.from_numpy(structured_features(args.large, args.dim, seed=2)).to(device)
-        fake_t = torch.from_numpy(structured_features(args.large, args.dim, seed=3, shift=0.15)).to(device)
-        ours, ours_s, ours_memory = measure(lambda: compute_prdc(real_t, fake_t, args.k, args.tile_size, device), device)
-        print(f"N = M = {args.large} (features themselves: {2 * real_t.numel() * 4 / GIB:.2f} GiB, not counted)")
-        print(f"  genkd.metrics.prdc  {ours_s[0]:7.1f} s wall {ours_s[1]:7.1f} s CPU   {describe(ours_memory)}   (target: 4 GiB)")
-        print("  " + ", ".join(f"{key} {value:.4f}" for key, value in ours.items()))
+        real = torch.from_numpy(structured_features(args.large, args.dim, seed=2)).to(device)
+        fake = torch.from_numpy(structured_features(args.large, args.dim, seed=3, shift=0.15)).to(device)
+        result, seconds, memory = ours(real, fake)
+        print(f"N = M = {args.large} (features themselves: {2 * real.numel() * 4 / GIB:.2f} GiB, not counted)")
+        print(f"  genkd.metrics.prdc  {seconds[0]:7.1f} s wall {seconds[1]:7.1f} s CPU  {describe(memory)} (target: 4 GiB)")
+        print("  " + ", ".join(f"{key} {value:.4f}" for key, value in result.items()))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ ROUNDING = 2.0**-24  # unit roundoff of float32
 ROUNDING64 = 2.0**-53
 SLACK = 4e-6  # relative, on squared distances: covers the float32 rounding of a distance, of its sqrt, of thresholds
 CANDIDATES_BEYOND_K = 16  # extra nearest neighbours kept by the sweep, so that an exact radius rarely needs a new pass
+GROUP = 8  # entries per group when the sweep looks for the smallest entries of a tile line (see _smallest)
 PAIRS_PER_CHUNK = 1 << 20  # feature values gathered at once by the exact path: cache-sized float64 chunks
 
 
@@ -161,6 +162,27 @@ class _Radii:
         return smallest[:, self.k]
 
 
+def _smallest(tile: torch.Tensor, count: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(values, indices) of the ``count`` smallest entries along ``dim`` of a tile, for every line across it.
+
+    Minima over groups of consecutive entries (a cheap reduction whichever way the tile is laid out) first pick the
+    ``count`` groups that can hold them, so the exact top-k sees count x GROUP entries per line instead of all: about
+    twice as fast as torch.topk over the tile, and no transposed copy for dim 0.
+    """
+    length = tile.shape[dim]
+    lines = tile if dim == 1 else tile.T
+    if length <= 2 * count * GROUP:
+        return lines.topk(min(count, length), dim=1, largest=False)
+    full = length - length % GROUP
+    minima = tile.narrow(dim, 0, full).unflatten(dim, (full // GROUP, GROUP)).amin(dim=dim + 1)
+    chosen = (minima if dim == 1 else minima.T).topk(count, dim=1, largest=False).indices
+    index = (chosen[:, :, None] * GROUP + torch.arange(GROUP, device=tile.device)).flatten(1)
+    if full < length:
+        index = torch.cat([index, torch.arange(full, length, device=tile.device).expand(len(index), -1)], dim=1)
+    top = lines.gather(1, index).topk(count, dim=1, largest=False)
+    return top.values, index.gather(1, top.indices)
+
+
 def _knn_radii(points: _FeatureSet, k: int, tile_size: int) -> _Radii:
     """Sweep the set against itself, keeping each point's nearest squared distances (a running top-k per row)."""
     count, device = len(points), points.original.device
@@ -168,22 +190,23 @@ def _knn_radii(points: _FeatureSet, k: int, tile_size: int) -> _Radii:
     nearest = torch.full((count, kept), float("inf"), device=device)
     nearest_index = torch.zeros((count, kept), dtype=torch.long, device=device)
 
-    def merge(rows: slice, squared: torch.Tensor, cols: slice) -> None:
-        top = squared.topk(min(kept, squared.shape[1]), dim=1, largest=False)
-        values = torch.cat([nearest[rows], top.values], dim=1)
-        indices = torch.cat([nearest_index[rows], top.indices + cols.start], dim=1)
+    def merge(rows: slice, squared: torch.Tensor, cols: slice, dim: int) -> None:
+        """Fold the tile's smallest entries along ``dim`` into the running nearest of ``rows``."""
+        top_values, top_indices = _smallest(squared, kept, dim)
+        values = torch.cat([nearest[rows], top_values], dim=1)
+        indices = torch.cat([nearest_index[rows], top_indices + cols.start], dim=1)
         merged = values.topk(kept, dim=1, largest=False)
         nearest[rows], nearest_index[rows] = merged.values, indices.gather(1, merged.indices)
 
-    # The distance matrix is symmetric: each off-diagonal tile serves its rows and, transposed, its columns.
+    # The distance matrix is symmetric: each off-diagonal tile serves its rows and, along dim 0, its columns.
     blocks = _blocks(count, tile_size)
     for index, cols in enumerate(blocks):
         right = points.right(cols).T
         for rows in blocks[: index + 1]:
             squared = points.augmented[rows] @ right
-            merge(rows, squared, cols)
+            merge(rows, squared, cols, dim=1)
             if rows != cols:
-                merge(cols, squared.T.contiguous(), rows)  # a copy, then row-wise: faster than a strided top-k
+                merge(cols, squared, rows, dim=0)
     # |sweep - exact| <= margin_i + margin_j for each pair, so each order statistic of row i moves by at most
     # margin_i + the largest margin of its kept points; points beyond the kept ones count only if they come that close.
     error = points.margin + points.margin[nearest_index].max(dim=1).values
