@@ -7,7 +7,8 @@ import prdc as reference
 import pytest
 import torch
 
-from genkd.metrics import compute_prdc
+from genkd.metrics import compute_prdc, full_float32_precision
+from genkd.metrics import prdc as ours
 
 KEYS = ("precision", "recall", "density", "coverage")
 
@@ -33,6 +34,26 @@ def pixel_features(cifar10_arrays):
     return x_train[:700].reshape(700, -1).astype(np.float32), x_test[:600].reshape(600, -1).astype(np.float32)
 
 
+def test_the_sweep_error_bound_holds_for_every_pair_and_is_tight_enough_to_be_useful(pixel_features):
+    """The int8 + float32 sweep is within margin_i + margin_j of the float64 squared distance, for all pairs: here on real
+    image pixels (a natural spectrum, a 9 % tail beyond the head) with some fake tails clamped to the int8 range."""
+    real, fake = (torch.from_numpy(features) for features in pixel_features)
+    fake[:3] *= 3  # beyond the real sample's tails: their quantisation error is larger, and must still be counted
+    centre = real.mean(dim=0).double()
+    basis, scale = ours._split(real, centre, ours.HEAD_RANK)
+    real_set, fake_set = ours._feature_set(real, centre, basis, scale), ours._feature_set(fake, centre, basis, scale)
+    ratio = ours._quantisation_ratio(real_set, fake_set)
+    real_set.bound_with(ratio)
+    fake_set.bound_with(ratio)
+    assert fake_set.rounding_norms[:3].max() > 10 * fake_set.rounding_norms[3:].max()  # clamped
+    with full_float32_precision():
+        sweep = ours._squared_distances(real_set, slice(0, len(real)), fake_set, slice(0, len(fake))).double()
+    exact = torch.cdist(real.double(), fake.double()).square()
+    bound = real_set.margin[:, None] + fake_set.margin[None, :]
+    assert ((sweep - exact).abs() <= bound).all()
+    assert (bound / exact).median() < 0.01  # so only pairs within ~1 % of a radius need the exact path
+
+
 @pytest.mark.parametrize("k", [1, 3, 5])
 def test_equals_reference_on_real_image_pixels(pixel_features, k):
     """Tiles much smaller than the sets: the running top-k and the per-tile counts cross tile borders everywhere."""
@@ -46,6 +67,12 @@ def test_equals_reference_on_brightened_images(pixel_features):
     real, fake = pixel_features
     brighter = assert_same(real, np.clip(fake + 60, 0, 255), 5, tile_size=256)
     assert brighter != compute_prdc(real, fake, 5)
+
+
+def test_equals_reference_when_fake_tails_are_clamped_to_the_int8_range(pixel_features):
+    """The int8 step comes from a sample of the real set: far-out fake points are clamped, with larger margins."""
+    real, fake = pixel_features
+    assert_same(real, np.concatenate([fake[:40] * 4, fake[40:]]), 5, tile_size=128)
 
 
 def test_equals_reference_with_ties_and_duplicates():

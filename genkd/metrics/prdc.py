@@ -8,15 +8,20 @@ The reference implementation (the ``prdc`` package) builds three full distance m
 points that is 30 GB. Here the matrices are swept in tiles and never stored: the k-NN radii come from a running top-k,
 the four counts from per-tile comparisons. The decisions are still the reference's, pair for pair, ties included:
 
-* the sweep computes squared distances with one float32 matmul per tile on mean-centred, augmented features
-  ([x, |x|^2, 1] . [-2y, 1, |y|^2]), whose rounding error has a rigorous bound (Higham's gamma_n for length-n dot
-  products). A radius is then known to within that bound, and a comparison is settled when the bound allows;
-* the few comparisons it cannot settle, and the radii they involve, are recomputed exactly as scikit-learn does:
-  float64 ``(-2 x.y + |x|^2) + |y|^2`` on the original features, clamped at 0, rounded to the features' dtype
-  (scikit-learn upcasts float32 inputs by chunks and returns float32 distances), square-rooted.
+* the sweep computes squared distances fast and approximately, with a rigorous bound on the error of every one of them.
+  Features are centred and split, in float64, into a head (their coordinates in a rank-``HEAD_RANK`` principal
+  subspace, which holds most of their spread) and a tail (the rest). One tile is then an exact int8 matmul of the
+  quantised tails (``torch._int_mm``, int32 results) plus, fused into the same float32 addmm, the head products and
+  the norms ([h, |x|^2, 1] . [-2 h', 1, |x'|^2]). The tail is small, so its quantisation error is small; it is known
+  exactly per point, and with Higham's gamma_n for the float32 part bounds |sweep - exact| by margin_i + margin_j;
+* a radius is then known to within that bound, and a comparison is settled when the bound allows. The few comparisons
+  it cannot settle, and the radii they involve, are recomputed exactly as scikit-learn does: float64
+  ``(-2 x.y + |x|^2) + |y|^2`` on the original features, clamped at 0, rounded to the features' dtype (scikit-learn
+  upcasts float32 inputs by chunks and returns float32 distances), square-rooted.
 
-Only a few pairs per million need the exact path, so the sweep runs at float32 matmul speed: two matmuls' worth of
-flops (N^2 / 2 + M^2 / 2 + N M), against three float64 ones for the reference.
+int8 matmuls run about 5x faster than float32 ones on CPUs with VNNI (and on tensor cores), so the sweep costs about
+two int8 matmuls' worth of work (N^2 / 2 + M^2 / 2 + N M pairs), where the reference does three float64 ones. How many
+pairs need the exact path depends on how much spread the head misses: a few per point for Inception-like features.
 """
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -29,21 +34,47 @@ from genkd.metrics import DEFAULTS, full_float32_precision
 ROUNDING = 2.0**-24  # unit roundoff of float32
 ROUNDING64 = 2.0**-53
 SLACK = 4e-6  # relative, on squared distances: covers the float32 rounding of a distance, of its sqrt, of thresholds
+HEAD_SLACK = 1e-9  # relative, on squared norms: covers the float64 split into head and tail (errors ~1e-12)
+HEAD_RANK = 128  # principal directions kept in float32: enough for Inception-like spectra, 1/16 of a 2048-d matmul
+HEAD_SAMPLE = 4096  # points that estimate the principal subspace (its accuracy only affects speed)
+INT8_MAX = 127
 CANDIDATES_BEYOND_K = 16  # extra nearest neighbours kept by the sweep, so that an exact radius rarely needs a new pass
 GROUP = 8  # entries per group when the sweep looks for the smallest entries of a tile line (see _smallest)
-PAIRS_PER_CHUNK = 1 << 20  # feature values gathered at once by the exact path: cache-sized float64 chunks
+PAIRS_PER_CHUNK = 1 << 18  # feature values handled at once in float64 (exact path, split): chunks that stay in cache
+
+
+def _padded(length: int) -> int:
+    """Rows and inner size for ``torch._int_mm`` on CUDA: a multiple of 8, more than 16 (harmless on CPU)."""
+    return max(24, -(-length // 8) * 8)
 
 
 @dataclass
 class _FeatureSet:
-    """One point set: the original features (exact path) and augmented, centred float32 rows (sweep)."""
+    """One point set: the original features (exact path) and its split form (sweep).
+
+    The sweep's squared distance of points i, j is ``head[i] . head_right[j] - 2 scale^2 (tail[i] . tail[j])``.
+    """
 
     original: torch.Tensor  # (N, D), float32 or float64: the dtype scikit-learn would compute in
-    augmented: torch.Tensor  # (N, D + 2) float32 rows [x - c, |x - c|^2, 1]
-    margin: torch.Tensor  # (N,) float64: this point's share of the bound on |sweep - exact| squared distance
+    head: torch.Tensor  # (N, r + 2) float32 rows [h, |x - c|^2, 1]
+    head_right: torch.Tensor  # (N, r + 2) float32 rows [-2 h, 1, |x - c|^2]
+    tail: torch.Tensor  # (padded N, padded D) int8: round(tail / scale), zero rows and columns beyond the set's
+    scale: float  # the tail's quantisation step
+    tail_norms: torch.Tensor  # (N,) float64 |scale * quantised tail|^2
+    rounding_norms: torch.Tensor  # (N,) float64 |tail - scale * quantised tail|^2: the quantisation error, exactly
+    float_margin: torch.Tensor  # (N,) float64: this point's share of the bound on everything else (float rounding)
+    margin: torch.Tensor = field(init=False)  # (N,) float64: its share of the bound on |sweep - exact|, see bound_with
 
     def __len__(self) -> int:
         return len(self.original)
+
+    def bound_with(self, ratio: float) -> None:
+        """Margins for a quantisation bound shared with the other set, split by ``ratio`` (see ``_quantisation_ratio``).
+
+        With a = scale |q|, b = |tail - scale q|, the tail product is off by 2 (a_i b_j + b_i a_j + b_i b_j) on a squared
+        distance, and 2 a_i b_j <= ratio a_i^2 + b_j^2 / ratio (AM-GM): margins that add up over a pair.
+        """
+        self.margin = self.float_margin + ratio * self.tail_norms + (1 + 1 / ratio) * self.rounding_norms
 
     @cached_property
     def norms(self) -> torch.Tensor:
@@ -51,32 +82,74 @@ class _FeatureSet:
         chunk = max(1, PAIRS_PER_CHUNK // self.original.shape[1])
         return torch.cat([rows.double().square().sum(dim=1) for rows in self.original.split(chunk)])
 
-    def right(self, cols: slice) -> torch.Tensor:
-        """Rows [-2 (y - c), 1, |y - c|^2]: augmented[I] @ right(J).T is a tile of squared distances."""
-        block = self.augmented[cols]
-        return torch.cat([-2 * block[:, :-2], block[:, -1:], block[:, -2:-1]], dim=1)
+
+def _split(real: torch.Tensor, centre: torch.Tensor, rank: int) -> tuple[torch.Tensor, float]:
+    """(head basis, tail step): (D, rank) float64 orthonormal columns near the top principal directions of the real
+    set (seeded randomised range finder on a sample) and the int8 step that spans the sample's tails.
+
+    Neither needs to be exact: the basis only decides how much of the spread stays in float32, and tail values beyond
+    the step's range are clamped, with their larger rounding counted exactly. Both only affect speed.
+    """
+    dim = real.shape[1]
+    sample = real[:: max(1, len(real) // HEAD_SAMPLE)][:HEAD_SAMPLE].double() - centre
+    if dim <= rank:
+        return torch.eye(dim, dtype=torch.float64, device=real.device), 1.0  # no tail
+    generator = torch.Generator(real.device).manual_seed(0)
+    probe = torch.randn(dim, rank, generator=generator, device=real.device, dtype=torch.float64)
+    basis = torch.linalg.qr(sample.T @ (sample @ probe)).Q  # one power iteration sharpens the subspace
+    tails = sample - (sample @ basis) @ basis.T
+    return basis, tails.abs().max().item() / INT8_MAX or 1.0
 
 
-def _feature_set(features: torch.Tensor, centre: torch.Tensor) -> _FeatureSet:
+def _feature_set(features: torch.Tensor, centre: torch.Tensor, basis: torch.Tensor, scale: float) -> _FeatureSet:
     count, dim = features.shape
-    augmented = torch.empty(count, dim + 2, device=features.device)
-    if features.dtype == torch.float32:
-        torch.sub(features, centre, out=augmented[:, :dim])
-    else:  # float64: centre before rounding, or a large common offset would round the differences away
-        augmented[:, :dim] = features - centre.double()
-    augmented[:, dim] = torch.linalg.vector_norm(augmented[:, :dim], dim=1).square()
-    augmented[:, dim + 1] = 1
-    gamma = (dim + 2) * ROUNDING / (1 - (dim + 2) * ROUNDING)
-    # The tile matmul sums -2 x_c.y_c + |x_c|^2 + |y_c|^2: off by at most gamma_(D+2) times the sum of absolute
-    # terms, <= 2 gamma (|x_c|^2 + |y_c|^2), whatever the summation order (blocked, FMA, split-K); the float32 norms
-    # are off by gamma_D relative, the centring by a few units of roundoff; the reference's own float64 evaluation on
-    # the raw features adds gamma64 (|x|^2 + |y|^2).
-    centred_norms = augmented[:, dim].double()
-    norms = torch.linalg.vector_norm(features, dim=1).double().square() * (1 + 2 * gamma)
-    margin = (3 * gamma + 8 * ROUNDING) * centred_norms + (dim + 4) * ROUNDING64 * norms
-    if not torch.isfinite(margin).all():  # NaN or infinity in a feature reaches its norm: one check per point
+    device, rank = features.device, basis.shape[1]
+    head = torch.empty(count, rank + 2, device=device)
+    quantised = torch.zeros(count + _padded(1), _padded(dim), dtype=torch.int8, device=device)  # any block padded
+    norms, tail_norms, rounding_norms = (torch.empty(count, dtype=torch.float64, device=device) for _ in range(3))
+    chunk = max(1, PAIRS_PER_CHUNK // dim)
+    for start in range(0, count, chunk):  # float64 by cache-sized chunks: the split is exact to ~1e-12 relative
+        rows = slice(start, min(start + chunk, count))
+        centred = features[rows].double() - centre
+        coordinates = centred @ basis
+        tail = centred - coordinates @ basis.T
+        levels = (tail / scale).round_().clamp_(-INT8_MAX, INT8_MAX)
+        quantised[rows, :dim] = levels
+        head[rows, :rank] = coordinates
+        norms[rows] = centred.square().sum(dim=1)
+        tail_norms[rows] = levels.square().sum(dim=1) * scale**2
+        rounding_norms[rows] = tail.sub_(levels.mul_(scale)).square_().sum(dim=1)
+    head[:, rank] = norms
+    head[:, rank + 1] = 1
+    if not (torch.isfinite(norms).all() and torch.isfinite(head).all()):  # a NaN or infinity reaches its norm
         raise ValueError("PRDC needs finite features: some hold NaN or infinity (or values beyond float32 range)")
-    return _FeatureSet(features, augmented, margin)
+    head_right = torch.cat([-2 * head[:, :rank], head[:, rank + 1 :], head[:, rank : rank + 1]], dim=1)
+
+    # Everything but the quantisation: the tile's float32 addmm of length r + 3 is off by gamma_(r+3) times the sum of
+    # its absolute terms, <= 2 (|x_c|^2 + |y_c|^2) + a^2 + a'^2; rounding h, the norms, the int32 product and its
+    # weight to float32 adds a few units of roundoff of the same; the float64 split adds HEAD_SLACK; the reference's
+    # own float64 evaluation on the raw features adds (D + 4) u64 (|x|^2 + |y|^2).
+    gamma = (rank + 3) * ROUNDING / (1 - (rank + 3) * ROUNDING)
+    raw_norms = torch.linalg.vector_norm(features, dim=1).double().square() * (1 + 2 * dim * ROUNDING)
+    float_margin = 8 * (gamma + ROUNDING) * (norms + tail_norms) + HEAD_SLACK * norms + (dim + 4) * ROUNDING64 * raw_norms
+    return _FeatureSet(features, head, head_right, quantised, scale, tail_norms, rounding_norms, float_margin)
+
+
+def _quantisation_ratio(*sets: _FeatureSet) -> float:
+    """The AM-GM split that minimises the summed quantisation margins: sqrt(sum b^2 / sum a^2)."""
+    tail = sum(points.tail_norms.sum().item() for points in sets)
+    rounding = sum(points.rounding_norms.sum().item() for points in sets)
+    return (rounding / tail) ** 0.5 if rounding and tail else 1.0
+
+
+def _squared_distances(x: _FeatureSet, rows: slice, y: _FeatureSet, cols: slice) -> torch.Tensor:
+    """Sweep tile of squared distances between x[rows] and y[cols]: exact int8 tail product, float32 head addmm."""
+    height, width = rows.stop - rows.start, cols.stop - cols.start
+    tails = torch._int_mm(
+        x.tail[rows.start : rows.start + _padded(height)], y.tail[cols.start : cols.start + _padded(width)].T
+    )
+    tile = tails[:height, :width].float()
+    return tile.addmm_(x.head[rows], y.head_right[cols].T, beta=-2 * x.scale * y.scale)
 
 
 def _exact_distances(x: _FeatureSet, rows: torch.Tensor, y: _FeatureSet, cols: torch.Tensor, dtype) -> torch.Tensor:
@@ -201,9 +274,8 @@ def _knn_radii(points: _FeatureSet, k: int, tile_size: int) -> _Radii:
     # The distance matrix is symmetric: each off-diagonal tile serves its rows and, along dim 0, its columns.
     blocks = _blocks(count, tile_size)
     for index, cols in enumerate(blocks):
-        right = points.right(cols).T
         for rows in blocks[: index + 1]:
-            squared = points.augmented[rows] @ right
+            squared = _squared_distances(points, rows, points, cols)
             merge(rows, squared, cols, dim=1)
             if rows != cols:
                 merge(cols, squared, rows, dim=0)
@@ -248,8 +320,12 @@ def compute_prdc(
         raise ValueError(f"PRDC with k = {k} needs more than {k} real and fake points, got {len(real)} and {len(fake)}")
 
     with full_float32_precision():  # TF32 or bf16 matmuls would void the error bound
-        centre = real.mean(dim=0).float()  # distances ignore the shift; the error bound shrinks with it
-        real_set, fake_set = _feature_set(real, centre), _feature_set(fake, centre)
+        centre = real.mean(dim=0).double()  # distances ignore the shift; the error bound shrinks with it
+        basis, scale = _split(real, centre, HEAD_RANK)
+        real_set, fake_set = _feature_set(real, centre, basis, scale), _feature_set(fake, centre, basis, scale)
+        ratio = _quantisation_ratio(real_set, fake_set)
+        real_set.bound_with(ratio)
+        fake_set.bound_with(ratio)
         real_radii, fake_radii = _knn_radii(real_set, k, tile_size), _knn_radii(fake_set, k, tile_size)
         counts = _ball_counts(real_radii, fake_radii, tile_size)
 
@@ -289,9 +365,8 @@ def _ball_counts(real_radii: _Radii, fake_radii: _Radii, tile_size: int):
     fake_low, fake_high = fake_radii.squared_bounds()
     unsure_pairs = []
     for cols in _blocks(len(fake), tile_size):
-        right = fake.right(cols).T
         for rows in _blocks(len(real), tile_size):
-            squared = real.augmented[rows] @ right
+            squared = _squared_distances(real, rows, fake, cols)
             # Only pairs within their error of some ball can be inside one: a float32 threshold per row and per column
             # finds those few, which are then decided one by one in float64.
             row_reach = ((real_high[rows] + real.margin[rows] + fake.margin[cols].max()) * (1 + SLACK)).float()
