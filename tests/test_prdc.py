@@ -75,6 +75,13 @@ def test_equals_reference_when_fake_tails_are_clamped_to_the_int8_range(pixel_fe
     assert_same(real, np.concatenate([fake[:40] * 4, fake[40:]]), 5, tile_size=128)
 
 
+def test_devices_without_int8_matmul_get_the_same_result(pixel_features, monkeypatch):
+    real, fake = pixel_features
+    expected = compute_prdc(real, fake, 5, tile_size=256)
+    monkeypatch.setattr(ours, "_int8_matmul_available", lambda device: False)
+    assert compute_prdc(real, fake, 5, tile_size=256) == expected
+
+
 def test_equals_reference_with_ties_and_duplicates():
     """Integer features: many equal distances and duplicate points, where strict '<' and float rounding decide."""
     rng = np.random.default_rng(0)

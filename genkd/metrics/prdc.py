@@ -23,6 +23,7 @@ int8 matmuls run about 5x faster than float32 ones on CPUs with VNNI (and on ten
 two int8 matmuls' worth of work (N^2 / 2 + M^2 / 2 + N M pairs), where the reference does three float64 ones. How many
 pairs need the exact path depends on how much spread the head misses: a few per point for Inception-like features.
 """
+import functools
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -142,14 +143,26 @@ def _quantisation_ratio(*sets: _FeatureSet) -> float:
     return (rounding / tail) ** 0.5 if rounding and tail else 1.0
 
 
+@functools.cache
+def _int8_matmul_available(device: torch.device) -> bool:
+    """Whether ``torch._int_mm`` runs on this device: CPUs and recent GPUs have int8 kernels, some older GPUs not."""
+    probe = torch.ones(_padded(1), _padded(1), dtype=torch.int8, device=device)
+    try:
+        return bool((torch._int_mm(probe, probe) == len(probe)).all())
+    except RuntimeError:
+        return False
+
+
 def _squared_distances(x: _FeatureSet, rows: slice, y: _FeatureSet, cols: slice) -> torch.Tensor:
     """Sweep tile of squared distances between x[rows] and y[cols]: exact int8 tail product, float32 head addmm."""
     height, width = rows.stop - rows.start, cols.stop - cols.start
-    tails = torch._int_mm(
-        x.tail[rows.start : rows.start + _padded(height)], y.tail[cols.start : cols.start + _padded(width)].T
-    )
-    tile = tails[:height, :width].float()
-    return tile.addmm_(x.head[rows], y.head_right[cols].T, beta=-2 * x.scale * y.scale)
+    left = x.tail[rows.start : rows.start + _padded(height)]
+    right = y.tail[cols.start : cols.start + _padded(width)].T
+    if _int8_matmul_available(left.device):
+        tails = torch._int_mm(left, right)[:height, :width].float()
+    else:  # as exact, slower: int8 products summed in float64 stay integers far below 2^53
+        tails = (left.double() @ right.double())[:height, :width].float()
+    return tails.addmm_(x.head[rows], y.head_right[cols].T, beta=-2 * x.scale * y.scale)
 
 
 def _exact_distances(x: _FeatureSet, rows: torch.Tensor, y: _FeatureSet, cols: torch.Tensor, dtype) -> torch.Tensor:
