@@ -9,8 +9,12 @@ Features are structured like Inception pool features (non-negative, low-rank, te
 Peak memory. numpy: tracemalloc (numpy reports its buffers to it). torch on CPU: tracemalloc cannot see torch's
 allocator, so we reset the process's resident-set high-water mark (writing 5 to /proc/self/clear_refs, Linux >= 4.0)
 right before the call and read VmHWM right after; the increase over the resident set before the call is the peak
-extra memory of the call (torch returns large CPU blocks to the OS on free, so the high-water mark is the real peak).
-The same RSS measure is printed for prdc, for a like-for-like comparison. On CUDA: torch.cuda.max_memory_allocated.
+extra memory of the call. It is an upper bound on the live peak: glibc's heap keeps some freed blocks (running with
+MALLOC_MMAP_THRESHOLD_=131072 shows the live peak, at a large cost in speed). The same RSS measure is printed for prdc,
+for a like-for-like comparison. On CUDA: torch.cuda.max_memory_allocated.
+
+Speed depends on the features: the sweep keeps a rank-128 principal subspace in float32 and quantises the rest to int8,
+so the less spread lies beyond that subspace, the fewer pairs need the exact path (these features: 8 %).
 """
 import argparse
 import contextlib
