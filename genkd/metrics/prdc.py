@@ -37,7 +37,7 @@ ROUNDING64 = 2.0**-53
 SLACK = 4e-6  # relative, on squared distances: covers the float32 rounding of a distance, of its sqrt, of thresholds
 HEAD_SLACK = 1e-9  # relative, on squared norms: covers the float64 split into head and tail (errors ~1e-12)
 HEAD_RANK = 128  # principal directions kept in float32: enough for Inception-like spectra, 1/16 of a 2048-d matmul
-HEAD_SAMPLE = 4096  # points that estimate the principal subspace (its accuracy only affects speed)
+HEAD_SAMPLE = 2048  # points that estimate the principal subspace (its accuracy only affects speed)
 INT8_MAX = 127
 CANDIDATES_BEYOND_K = 16  # extra nearest neighbours kept by the sweep, so that an exact radius rarely needs a new pass
 GROUP = 8  # entries per group when the sweep looks for the smallest entries of a tile line (see _smallest)
@@ -92,13 +92,13 @@ def _split(real: torch.Tensor, centre: torch.Tensor, rank: int) -> tuple[torch.T
     the step's range are clamped, with their larger rounding counted exactly. Both only affect speed.
     """
     dim = real.shape[1]
-    sample = real[:: max(1, len(real) // HEAD_SAMPLE)][:HEAD_SAMPLE].double() - centre
     if dim <= rank:
         return torch.eye(dim, dtype=torch.float64, device=real.device), 1.0  # no tail
+    sample = (real[:: max(1, len(real) // HEAD_SAMPLE)][:HEAD_SAMPLE].double() - centre).float()
     generator = torch.Generator(real.device).manual_seed(0)
-    probe = torch.randn(dim, rank, generator=generator, device=real.device, dtype=torch.float64)
-    basis = torch.linalg.qr(sample.T @ (sample @ probe)).Q  # one power iteration sharpens the subspace
-    tails = sample - (sample @ basis) @ basis.T
+    probe = torch.randn(dim, rank, generator=generator, device=real.device)
+    basis = torch.linalg.qr((sample.T @ (sample @ probe)).double()).Q  # one power iteration sharpens the subspace
+    tails = sample - (sample @ basis.float()) @ basis.T.float()
     return basis, tails.abs().max().item() / INT8_MAX or 1.0
 
 
