@@ -149,7 +149,7 @@ def _int8_matmul_available(device: torch.device) -> bool:
     probe = torch.ones(_padded(1), _padded(1), dtype=torch.int8, device=device)
     try:
         return bool((torch._int_mm(probe, probe) == len(probe)).all())
-    except RuntimeError:
+    except (RuntimeError, NotImplementedError):  # no kernel for this backend, or none for this GPU
         return False
 
 
