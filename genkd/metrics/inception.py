@@ -111,9 +111,10 @@ def extract_features(
     progress: bool = True,
     desc: str = "inception features",
 ) -> InceptionFeatures:
-    """Pool features and logits of every image, on the model's device."""
+    """Pool features and logits of every image, on the model's device (CPU batches capped, see DEFAULTS)."""
     images = as_uint8_nchw(images)
     device = next(model.parameters()).device
+    batch_size = min(batch_size, DEFAULTS["feature_batch_cap"].get(device.type, batch_size))
     pools, logits = [], []
     with full_float32_precision():
         for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
