@@ -25,7 +25,6 @@ pairs need the exact path depends on how much spread the head misses: a few per 
 """
 import functools
 from dataclasses import dataclass, field
-from functools import cached_property
 
 import numpy as np
 import torch
@@ -57,6 +56,7 @@ class _FeatureSet:
     """
 
     original: torch.Tensor  # (N, D), float32 or float64: the dtype scikit-learn would compute in
+    norms: torch.Tensor  # (N,) float64 squared norms of the original features, the reference's |x|^2
     head: torch.Tensor  # (N, r + 2) float32 rows [h, |x - c|^2, 1]
     head_right: torch.Tensor  # (N, r + 2) float32 rows [-2 h, 1, |x - c|^2]
     tail: torch.Tensor  # (padded N, padded D) int8: round(tail / scale), zero rows and columns beyond the set's
@@ -72,16 +72,10 @@ class _FeatureSet:
     def bound_with(self, ratio: float) -> None:
         """Margins for a quantisation bound shared with the other set, split by ``ratio`` (see ``_quantisation_ratio``).
 
-        With a = scale |q|, b = |tail - scale q|, the tail product is off by 2 (a_i b_j + b_i a_j + b_i b_j) on a squared
-        distance, and 2 a_i b_j <= ratio a_i^2 + b_j^2 / ratio (AM-GM): margins that add up over a pair.
+        With a = scale |q|, b = |tail - scale q|, the tail product is off by 2 (a_i b_j + b_i a_j + b_i b_j) on a
+        squared distance, and 2 a_i b_j <= ratio a_i^2 + b_j^2 / ratio (AM-GM): margins that add up over a pair.
         """
         self.margin = self.float_margin + ratio * self.tail_norms + (1 + 1 / ratio) * self.rounding_norms
-
-    @cached_property
-    def norms(self) -> torch.Tensor:
-        """float64 squared norms of the original features, the reference's |x|^2 (computed on first use)."""
-        chunk = max(1, PAIRS_PER_CHUNK // self.original.shape[1])
-        return torch.cat([rows.double().square().sum(dim=1) for rows in self.original.split(chunk)])
 
 
 def _split(real: torch.Tensor, centre: torch.Tensor, rank: int) -> tuple[torch.Tensor, float]:
@@ -107,11 +101,15 @@ def _feature_set(features: torch.Tensor, centre: torch.Tensor, basis: torch.Tens
     device, rank = features.device, basis.shape[1]
     head = torch.empty(count, rank + 2, device=device)
     quantised = torch.zeros(count + _padded(1), _padded(dim), dtype=torch.int8, device=device)  # any block padded
-    norms, tail_norms, rounding_norms = (torch.empty(count, dtype=torch.float64, device=device) for _ in range(3))
+    raw_norms, norms, tail_norms, rounding_norms = (
+        torch.empty(count, dtype=torch.float64, device=device) for _ in range(4)
+    )
     chunk = max(1, PAIRS_PER_CHUNK // dim)
     for start in range(0, count, chunk):  # float64 by cache-sized chunks: the split is exact to ~1e-12 relative
         rows = slice(start, min(start + chunk, count))
-        centred = features[rows].double() - centre
+        raw = features[rows].double()
+        raw_norms[rows] = raw.square().sum(dim=1)
+        centred = raw - centre
         coordinates = centred @ basis
         tail = centred - coordinates @ basis.T
         levels = (tail / scale).round_().clamp_(-INT8_MAX, INT8_MAX)
@@ -131,9 +129,13 @@ def _feature_set(features: torch.Tensor, centre: torch.Tensor, basis: torch.Tens
     # weight to float32 adds a few units of roundoff of the same; the float64 split adds HEAD_SLACK; the reference's
     # own float64 evaluation on the raw features adds (D + 4) u64 (|x|^2 + |y|^2).
     gamma = (rank + 3) * ROUNDING / (1 - (rank + 3) * ROUNDING)
-    raw_norms = torch.linalg.vector_norm(features, dim=1).double().square() * (1 + 2 * dim * ROUNDING)
-    float_margin = 8 * (gamma + ROUNDING) * (norms + tail_norms) + HEAD_SLACK * norms + (dim + 4) * ROUNDING64 * raw_norms
-    return _FeatureSet(features, head, head_right, quantised, scale, tail_norms, rounding_norms, float_margin)
+    float_margin = (
+        8 * (gamma + ROUNDING) * (norms + tail_norms)
+        + HEAD_SLACK * norms
+        + (dim + 4) * ROUNDING64 * raw_norms * (1 + 2 * dim * ROUNDING64)  # raw_norms itself is float64-rounded
+    )
+    parts = (head, head_right, quantised, scale, tail_norms, rounding_norms, float_margin)
+    return _FeatureSet(features, raw_norms, *parts)
 
 
 def _quantisation_ratio(*sets: _FeatureSet) -> float:
