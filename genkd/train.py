@@ -253,6 +253,7 @@ def main(argv=None):
             stop_if_diverged(nonfinite)
             checkpoint("last")
     progress.close()
+    accelerator.wait_for_everyone()  # tear down together: an early destroy_process_group can hang a peer
     accelerator.end_training()
     accelerator.print(f"done: {step} generator steps; checkpoint {checkpoint_path(run_dir)}, samples in {run_dir / 'samples'}")
 

@@ -396,6 +396,7 @@ def main(argv=None) -> dict:
         if accelerator.is_main_process:
             write_json(metrics(), run_dir / "metrics.json")
             save_curves(history, initial_top1, cfg.eval.split, run_dir / "curves.png")
+    accelerator.wait_for_everyone()  # tear down together: an early destroy_process_group can hang a peer
     accelerator.end_training()
     result = metrics()
     accelerator.print(
