@@ -18,10 +18,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-if __name__ == "__main__" and not __package__:  # run as a file: import this checkout's genkd and the sibling CLI
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import matplotlib
 import torch
 import yaml
@@ -30,8 +26,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import genkd  # noqa: E402
-from evaluate import ERRORS, evaluate_source, evaluation_settings, resolve_config  # noqa: E402
 from genkd.config import as_config  # noqa: E402
+from genkd.evaluate import ERRORS, evaluate_source, evaluation_settings, resolve_config  # noqa: E402
 from genkd.metrics import resolve_weights  # noqa: E402
 from genkd.metrics.inception import file_identity  # noqa: E402
 

@@ -25,15 +25,16 @@ from torchvision.utils import save_image
 from tqdm import tqdm
 
 from genkd.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_checkpoint
-from genkd.config import ConfigError, config_and_resume, save_config
+from genkd.config import ConfigError, config_and_resume, save_config, wants_help
 from genkd.data import DataError, load_arrays, subset_indices
-from genkd.defaults import gan_config
+from genkd.defaults import gan_config, gan_help, per_process_batch
 from genkd.diffaug import diff_augment
 from genkd.distill import build_distiller
-from genkd.evaluation import EvaluationError, Evaluator
+from genkd.evaluation import EvaluationError, Evaluator, append_history, plot_history
 from genkd.metrics.inception import InceptionWeightsError
 from genkd.models.biggan import build_models
 from genkd.teachers import TeacherError
+from genkd.trackers import build_trackers, start_trackers
 
 
 class NonFiniteLossError(RuntimeError):
@@ -95,13 +96,15 @@ def save_sample_grid(generator, noise, labels, path: Path, columns: int) -> None
 
 
 def main(argv=None):
+    if wants_help(sys.argv[1:] if argv is None else argv):
+        return print(gan_help())
     cfg, resume = config_and_resume(sys.argv[1:] if argv is None else argv, gan_config)
     run_dir = Path(cfg.run_dir)
     if resume is None and checkpoint_path(run_dir).is_file():
         raise ConfigError(f"{run_dir} already holds a checkpoint: pass --resume {run_dir}, or choose another --run-dir")
-    accelerator = Accelerator(
-        mixed_precision=cfg.train.mixed_precision, log_with="tensorboard", project_dir=str(run_dir)
-    )
+    trackers = build_trackers(cfg.train.trackers, run_dir)
+    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, log_with=trackers, project_dir=str(run_dir))
+    cfg.train.batch_size = per_process_batch(cfg.train, accelerator.num_processes)
     set_seed(cfg.seed, device_specific=True)
     device, rank, world_size = accelerator.device, accelerator.process_index, accelerator.num_processes
 
@@ -113,6 +116,8 @@ def main(argv=None):
 
     # ---- models, EMA generator, optional distiller (its projector trains with the discriminator)
     generator, discriminator = build_models(cfg.model, num_classes)
+    if cfg.train.sync_batchnorm and world_size > 1:
+        generator = torch.nn.SyncBatchNorm.convert_sync_batchnorm(generator)
     generator_ema, _ = build_models(cfg.model, num_classes)
     generator_ema.load_state_dict(generator.state_dict())
     generator_ema.to(device).eval().requires_grad_(False)
@@ -156,7 +161,7 @@ def main(argv=None):
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         (run_dir / "samples").mkdir(exist_ok=True)
-    accelerator.init_trackers("tensorboard")
+    start_trackers(accelerator, cfg, run_dir)
     columns = 10
     grid_generator = torch.Generator().manual_seed(cfg.seed)
     grid_noise = torch.randn(num_classes * columns, cfg.model.z_dim, generator=grid_generator).to(device)
@@ -246,6 +251,8 @@ def main(argv=None):
             metrics = evaluator(generator_ema, num_classes)  # its own seeded noise: the training stream is untouched
             accelerator.log({f"eval/{name}": value for name, value in metrics.items()}, step=step)
             accelerator.print(f"step {step}: " + ", ".join(f"{name} {value:.4g}" for name, value in metrics.items()))
+            if accelerator.is_main_process:
+                append_history(run_dir, step, metrics)
             if metrics["fid"] < best_fid:
                 best_fid = metrics["fid"]
                 checkpoint("best")
@@ -253,15 +260,19 @@ def main(argv=None):
             stop_if_diverged(nonfinite)
             checkpoint("last")
     progress.close()
+    if evaluator and accelerator.is_main_process:
+        plot_history(run_dir)
     accelerator.wait_for_everyone()  # tear down together: an early destroy_process_group can hang a peer
     accelerator.end_training()
     accelerator.print(f"done: {step} generator steps; checkpoint {checkpoint_path(run_dir)}, samples in {run_dir / 'samples'}")
 
 
+ERRORS = (
+    ConfigError, DataError, CheckpointError, TeacherError, EvaluationError, InceptionWeightsError, NonFiniteLossError
+)  # one line each; the `genkd` command catches these too
+
 if __name__ == "__main__":
     try:
         main()
-    except (
-        ConfigError, DataError, CheckpointError, TeacherError, EvaluationError, InceptionWeightsError, NonFiniteLossError
-    ) as error:
+    except ERRORS as error:
         sys.exit(f"error: {error}")

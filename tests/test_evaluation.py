@@ -21,9 +21,10 @@ from genkd.metrics.inception import file_identity
 from genkd.models.biggan import build_models
 from genkd.sampling import balanced_labels, gather_shares, process_share, quantize, sample_images
 
+from genkd import evaluate
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
 import compare_norms  # noqa: E402
-import evaluate  # noqa: E402
 
 COUNT = 10  # generated and reference images per evaluation: IS needs >= 10 (its splits), PRDC > k = 5
 
