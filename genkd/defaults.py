@@ -8,7 +8,7 @@ DEFAULTS = {
     "run_dir": "",  # "" = runs/<dataset>-<frac>[-kd-<norm>]
     "seed": 0,
     "data": {
-        "dataset": "cifar10",  # cifar10 | cifar100 (torchvision) | npz (a file like ../shared/data/cifar10.npz) | folder
+        "dataset": "cifar10",  # cifar10 | cifar100 (torchvision) | cifar10-sample (in the package) | npz (a file) | folder
         "root": "data",  # torchvision root, .npz path or image folder (one sub-folder per class)
         "download": True,  # torchvision datasets only; off = fail fast with a clear error when files are missing
         "frac": 1.0,  # fraction of the training set, in (0, 1]
@@ -75,7 +75,7 @@ DEFAULTS = {
 }
 
 CHOICES = {
-    "data.dataset": ("cifar10", "cifar100", "npz", "folder"),
+    "data.dataset": ("cifar10", "cifar100", "cifar10-sample", "npz", "folder"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
     "distill.method": ("vkd", "fitnets", "spkd", "pkt"),
     "distill.preprocess": ("clip", "kd-dlgan"),

@@ -89,3 +89,65 @@ def sample_images(
         images = gather_shares(images, num_samples, accelerator)
         labels = gather_shares(labels, num_samples, accelerator)
     return images, labels
+
+
+# ---------------------------------------------------------------- `genkd sample`: chosen classes, truncation, grids
+
+
+def truncated_latents(count: int, dim: int, truncation: float = 0.0, seed: int = 0) -> torch.Tensor:
+    """Standard normal latents; with ``truncation`` t > 0 every entry with |z| > t is redrawn until it is within t.
+
+    BigGAN's truncation trick (Brock et al. 2019, sec. 3.1: "values which fall outside a range are resampled"):
+    smaller t trades variety for fidelity. The redraws come from the same seeded generator, so a seed fixes the set.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    latents = torch.randn(count, dim, generator=generator)
+    if truncation > 0:
+        outside = latents.abs() > truncation
+        while outside.any():
+            latents[outside] = torch.randn(int(outside.sum()), generator=generator)
+            outside = latents.abs() > truncation
+    return latents
+
+
+def chosen_labels(count: int, num_classes: int, classes=None, seed: int = 0) -> torch.Tensor:
+    """``count`` labels balanced over ``classes`` (all classes when None), in a seeded order (see balanced_labels)."""
+    classes = list(range(num_classes)) if classes is None else list(classes)
+    bad = [label for label in classes if not 0 <= label < num_classes]
+    if bad or not classes:
+        raise ValueError(f"classes must be ids in 0..{num_classes - 1}, got {classes}")
+    return torch.tensor(classes)[balanced_labels(count, len(classes), seed)]
+
+
+@torch.no_grad()
+def generate(generator: nn.Module, labels, latents, batch_size: int = 500, accelerator=None, train_mode=False,
+             progress: bool = True) -> torch.Tensor:  # fmt: skip
+    """uint8 images (N, 3, H, W) of ``generator(latents, labels)`` on every process; each process makes its share.
+
+    ``train_mode`` samples with batch statistics in the batch norms (the reference's G_eval_mode off)."""
+    if accelerator is not None:
+        generator = accelerator.unwrap_model(generator)
+    device = next(generator.parameters()).device
+    share = process_share(len(labels), accelerator)
+    was_training = generator.training
+    generator.train(train_mode)
+    batches = []
+    show = progress and (accelerator is None or accelerator.is_local_main_process)
+    local_labels, local_latents = labels[share], latents[share]
+    for start in tqdm(range(0, len(local_labels), batch_size), desc="sampling", disable=not show, leave=False):
+        y = local_labels[start : start + batch_size].to(device)
+        batches.append(quantize(generator(local_latents[start : start + batch_size].to(device), y)))
+    generator.train(was_training)
+    images = torch.cat(batches) if batches else torch.empty(0, 3, 32, 32, dtype=torch.uint8, device=device)
+    return gather_shares(images, len(labels), accelerator)
+
+
+@torch.no_grad()
+def interpolation_grid(generator: nn.Module, classes, steps: int = 8, truncation: float = 0.0, seed: int = 0,
+                       train_mode: bool = False) -> torch.Tensor:  # fmt: skip
+    """uint8 images (rows * steps, 3, H, W): per class row, ``steps`` points on the line between two seeded latents."""
+    ends = truncated_latents(2, generator.z_dim, truncation, seed)
+    weights = torch.linspace(0, 1, steps)[:, None]
+    line = (1 - weights) * ends[0] + weights * ends[1]  # (steps, z_dim)
+    labels = torch.tensor(list(classes)).repeat_interleave(steps)
+    return generate(generator, labels, line.repeat(len(classes), 1), train_mode=train_mode, progress=False)

@@ -30,11 +30,12 @@ from genkd.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, 
 from genkd.classifier.losses import LOSS_DEFAULTS, LOSS_METHODS, build_classifier_loss
 from genkd.classifier.models import MODELS, ClassifierOutput, build_model, load_weights
 from genkd.classifier.models.clip import ClipClassifier
-from genkd.config import Config, ConfigError, config_and_resume, load_config, save_config
+from genkd.config import Config, ConfigError, config_and_resume, help_text, load_config, save_config, source_comments, wants_help
 from genkd.data import ArrayDataset, load_arrays, subset_indices
 from genkd.defaults import CHECKS as GAN_CHECKS
 from genkd.defaults import CHOICES as GAN_CHOICES
 from genkd.defaults import DEFAULTS as GAN_DEFAULTS
+from genkd.trackers import build_trackers, start_trackers
 
 CLIP = "clip"  # an open_clip image encoder (the clip section) with a linear head: ClipClassifier
 SMALL_LR_MODELS = ("mobilenetv2", "shufflenetv1", "shufflenetv2")  # CRD trains these with lr 0.01
@@ -58,6 +59,7 @@ DEFAULTS = {
         "lr_decay": 0.1,
         "mixed_precision": "no",  # no | fp16 | bf16 (accelerate)
         "log_every": 50,  # steps between progress-bar updates of the loss
+        "trackers": "tensorboard",  # comma list of accelerate trackers (tensorboard, wandb, mlflow, aim, ...); "" = none
     },
     "eval": {
         "split": "test",  # test | train (the run's training subset, without augmentation: how well it fits)
@@ -99,6 +101,21 @@ NORMALIZATION = {
 
 class NonFiniteLossError(RuntimeError):
     """Training diverged; checkpoints/last.pt is from the last finished epoch."""
+
+
+def classifier_help() -> str:
+    """--help, generated from DEFAULTS; the data and clip keys borrow the GAN table's comments, the methods' knobs
+    those of LOSS_DEFAULTS."""
+    gan = source_comments("genkd.defaults")
+    comments = {**source_comments("genkd.classifier.losses", "LOSS_DEFAULTS", "distill."), **source_comments("genkd.train_classifier")}
+    comments.update({key: text for key, text in gan.items() if key.startswith("data.")})
+    comments.update({f"clip.{key[8:]}": text for key, text in gan.items() if key[8:] in DEFAULTS["clip"] and key.startswith("distill.")})
+    usage = (
+        "usage: genkd train-classifier [--config FILE] [--resume RUN_DIR] [--section.key VALUE ...]\n"
+        "       (also python -m genkd.train_classifier, accelerate launch [-m] genkd/train_classifier.py ...)\n\n"
+        + __doc__.split("\n\n")[0]
+    )
+    return help_text(usage, DEFAULTS, comments, CHOICES, CHECKS, ALIASES)
 
 
 def classifier_config(argv=(), base_files=()) -> Config:
@@ -243,11 +260,14 @@ def write_json(data: dict, path: Path) -> None:
 
 def main(argv=None) -> dict:
     """Train; returns the metrics written to metrics.json."""
+    if wants_help(sys.argv[1:] if argv is None else argv):
+        return print(classifier_help())
     cfg, resume = config_and_resume(sys.argv[1:] if argv is None else argv, classifier_config)
     run_dir = Path(cfg.run_dir)
     if resume is None and checkpoint_path(run_dir).is_file():
         raise ConfigError(f"{run_dir} already holds a checkpoint: pass --resume {run_dir}, or choose another --run-dir")
-    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, log_with="tensorboard", project_dir=str(run_dir))
+    trackers = build_trackers(cfg.train.trackers, run_dir)
+    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, log_with=trackers, project_dir=str(run_dir))
     set_seed(cfg.seed)
 
     # ---- data: the run's subset of the training split (saved in the run directory), the whole evaluation split
@@ -292,7 +312,7 @@ def main(argv=None) -> dict:
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-    accelerator.init_trackers("tensorboard")
+    start_trackers(accelerator, cfg, run_dir)
     unwrapped_student = accelerator.unwrap_model(student)
     unwrapped_criterion = accelerator.unwrap_model(criterion)
     if initial_top1 is None:
@@ -406,8 +426,10 @@ def main(argv=None) -> dict:
     return result
 
 
+ERRORS = (ConfigError, CheckpointError, NonFiniteLossError, ValueError)  # data/model/teacher errors are ValueErrors
+
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigError, CheckpointError, NonFiniteLossError, ValueError) as error:  # data/model/teacher errors are ValueErrors
+    except ERRORS as error:
         sys.exit(f"error: {error}")

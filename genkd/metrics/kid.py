@@ -58,7 +58,7 @@ def compute_kid(
     for _ in range(subsets):
         x = x_all[torch.from_numpy(rng.choice(len(x_all), size, replace=False)).to(x_all.device)]
         y = y_all[torch.from_numpy(rng.choice(len(y_all), size, replace=False)).to(y_all.device)]
-        kernel = lambda a, b: polynomial_kernel(a, b, degree, gamma, coef0)  # noqa: E731
-        mmds.append(unbiased_mmd2(kernel(x, x), kernel(x, y), kernel(y, y)))
+        k_xx, k_xy, k_yy = (polynomial_kernel(a, b, degree, gamma, coef0) for a, b in ((x, x), (x, y), (y, y)))
+        mmds.append(unbiased_mmd2(k_xx, k_xy, k_yy))
     mmds = torch.stack(mmds)
     return float(mmds.mean()), float(mmds.std(unbiased=False))
