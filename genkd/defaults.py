@@ -41,18 +41,22 @@ DEFAULTS = {
     },
     "distill": {
         "enabled": False,  # off = the plain DiffAugment baseline
-        "method": "vkd",  # vkd | fitnets | spkd | pkt
+        # vkd | kd-dlgan | clip-kd | fitnets | spkd | pkt | label: one row of genkd.distill.RECIPES each; only vkd
+        # reads head / norm / target_scale / pairing / loss / preprocess below, the other rows fix them
+        "method": "vkd",
         "teacher": "ViT-B-32",  # open_clip model name, model-config JSON file, or tiny-vit (genkd/teacher_configs)
         "pretrained": "openai",  # open_clip pretrained tag (downloads when online); also sets mean/std, QuickGELU
         "weights": None,  # local weights file (e.g. the tag's open_clip_pytorch_model.bin); wins over the download
         "random_teacher": False,  # random weights, for tests and offline smoke runs only
-        "preprocess": "clip",  # clip | kd-dlgan
-        "dtype": "fp32",  # fp32 | bf16 | fp16: teacher weights cast once (LayerNorm stays fp32); meant for GPUs
-        "projector": "orthogonal",  # identity | linear | orthogonal
+        "preprocess": "clip",  # clip | kd-dlgan (nearest x7 of the [-1, 1] images, no mean/std: KD-DLGAN's input)
+        "dtype": "fp32",  # fp32 | bf16 | fp16: teacher weights cast once (LayerNorm stays fp32); KD-DLGAN ran fp16
+        "head": "orthogonal",  # identity | linear | orthogonal | mlp (KD-DLGAN's SN linear 256 -> 1024 -> 512)
         "orthogonal_map": "cayley",  # cayley | matrix_exp: both exactly orthogonal; cayley ~15x cheaper (bench/)
         "norm": "whitening",  # none | layernorm | whitening (teacher features, across the batch)
-        "loss": "mse",  # mse | smooth_l1 (element-wise means, as in torch)
-        "weight": 1.0,  # lambda
+        "target_scale": "unit",  # unit (whitened rows orthonormal, the paper) | layernorm (rows of norm sqrt(width))
+        "pairing": "own",  # own (each image vs its own target) | aggregated (KD-DLGAN: real and fake vs both halves)
+        "loss": "mse",  # mse | smooth_l1 (element-wise means, as in torch) | l2 (KD-DLGAN: mean non-squared distance)
+        "weight": None,  # lambda; None = the method's own (vkd 1, kd-dlgan / clip-kd 10, fitnets 100, ...)
     },
     "eval": {
         "every": 0,  # generator steps between evaluations during training; 0 = never
@@ -70,13 +74,15 @@ DEFAULTS = {
 CHOICES = {
     "data.dataset": ("cifar10", "cifar100", "npz", "folder"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
-    "distill.method": ("vkd", "fitnets", "spkd", "pkt"),
+    "distill.method": ("vkd", "kd-dlgan", "clip-kd", "fitnets", "spkd", "pkt", "label"),
     "distill.preprocess": ("clip", "kd-dlgan"),
     "distill.dtype": ("fp32", "bf16", "fp16"),
-    "distill.projector": ("identity", "linear", "orthogonal"),
+    "distill.head": ("identity", "linear", "orthogonal", "mlp"),
     "distill.orthogonal_map": ("matrix_exp", "cayley"),
     "distill.norm": ("none", "layernorm", "whitening"),
-    "distill.loss": ("mse", "smooth_l1"),
+    "distill.target_scale": ("unit", "layernorm"),
+    "distill.pairing": ("own", "aggregated"),
+    "distill.loss": ("mse", "smooth_l1", "l2"),
     "eval.split": ("train", "test"),
 }
 
@@ -92,7 +98,10 @@ CHECKS = {
     ),
     "model.g_blocks": (lambda n: n >= 1, "at least one up-sampling block"),
     "model.d_blocks": (lambda n: n >= 1, "at least one down-sampling block"),
-    "distill.weight": (lambda w: w >= 0.0, "a loss weight >= 0"),
+    "distill.weight": (
+        lambda w: w is None or (isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0.0),
+        "a loss weight >= 0, or null for the method's own",
+    ),
     "eval.num_samples": (lambda n: n >= 1, "a number of samples >= 1"),
     "eval.batch_size": (lambda n: n >= 1, "a batch size >= 1"),
     "eval.prdc_k": (lambda k: k >= 1, "a number of nearest neighbours >= 1"),

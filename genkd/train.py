@@ -116,7 +116,7 @@ def main(argv=None):
     generator_ema, _ = build_models(cfg.model, num_classes)
     generator_ema.load_state_dict(generator.state_dict())
     generator_ema.to(device).eval().requires_grad_(False)
-    distiller = build_distiller(cfg.distill, discriminator.feature_dim)
+    distiller = build_distiller(cfg.distill, discriminator.feature_dim, num_classes)
     d_parameters = list(discriminator.parameters()) + (list(distiller.parameters()) if distiller else [])
     optimizer_g = torch.optim.Adam(generator.parameters(), lr=cfg.train.g_lr, betas=tuple(cfg.train.betas))
     optimizer_d = torch.optim.Adam(d_parameters, lr=cfg.train.d_lr, betas=tuple(cfg.train.betas))
@@ -208,8 +208,8 @@ def main(argv=None):
                 loss_d_fake = F.relu(1.0 + logits[batch:]).mean()
                 loss_d = loss_d_real + loss_d_fake
                 if distiller:
-                    loss_distill = distiller(features.float(), augmented)
-                    loss_d = loss_d + cfg.distill.weight * loss_distill
+                    loss_distill = distiller(features.float(), augmented, num_real=len(real))
+                    loss_d = loss_d + distiller.weight * loss_distill
             optimizer_d.zero_grad(set_to_none=True)
             accelerator.backward(loss_d)
             optimizer_d.step()

@@ -114,6 +114,19 @@ def test_distillation_run_logs_a_decreasing_distillation_loss(tiny_run, tmp_path
     assert sum(losses[-4:]) < 0.5 * sum(losses[:4]), losses
 
 
+@pytest.mark.parametrize("method", ["kd-dlgan", "label"])
+def test_paper_distillation_methods_train_and_resume_exactly(tiny_run, tmp_path, method):
+    """KD-DLGAN's aggregated pairing (real/fake split passed by the loop) and label distillation's class head."""
+    with pytest.warns(UserWarning, match="random"):
+        train.main(tiny_run("straight", "--train.steps", "2", *DISTILL, "--distill.method", method))
+        train.main(tiny_run("halves", "--train.steps", "1", *DISTILL, "--distill.method", method))
+        train.main(["--resume", str(tmp_path / "halves"), "--train.steps", "2"])
+    straight, halves = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "halves")
+    assert any(key.endswith("_u") for key in straight["projector"])  # spectral-norm heads
+    for key, value in straight["projector"].items():
+        assert torch.equal(value, halves["projector"][key]), f"head {key} differs after resume"
+
+
 def test_ema_averages_weights_and_keeps_power_iteration_vectors_unit_length():
     from genkd.models.biggan import Discriminator
 
