@@ -42,7 +42,7 @@ def build_projector(kind: str, in_dim: int, out_dim: int, orthogonal_map: str = 
         if in_dim != out_dim:
             raise ValueError(
                 f"the identity projector needs equal widths, got student {in_dim} and teacher {out_dim}: "
-                "use --distill.projector orthogonal or linear"
+                "use --distill.head orthogonal or linear"
             )
         return nn.Identity()
     if kind == "mlp":
