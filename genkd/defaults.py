@@ -71,6 +71,9 @@ DEFAULTS = {
         # train = batch norm of G_ema uses each sampling batch's statistics (the reference's G_eval_mode off; its
         # running statistics are left untouched); eval = its running statistics (genkd/sampling.py)
         "sample_mode": "train",
+        # images per generator call when sampling; in train mode also the batch-norm statistics' batch: the
+        # reference's --batch_size 50 (with --parallel, DataParallel splits it over the GPUs: 25 each on its 2)
+        "sample_batch_size": 50,
         "cache_dir": None,  # reference statistics cache; None = $XDG_CACHE_HOME/genkd or ~/.cache/genkd
     },
 }
@@ -106,6 +109,7 @@ CHECKS = {
     "distill.weight": (lambda w: w >= 0.0, "a loss weight >= 0"),
     "eval.num_samples": (lambda n: n >= 1, "a number of samples >= 1"),
     "eval.batch_size": (lambda n: n >= 1, "a batch size >= 1"),
+    "eval.sample_batch_size": (lambda n: n >= 1, "a batch size >= 1 (the reference samples 50 at a time)"),
     "eval.prdc_k": (lambda k: k >= 1, "a number of nearest neighbours >= 1"),
     "eval.reference_images": (lambda n: n >= 0, "a number of reference images >= 0 (0 = the whole split)"),
 }
