@@ -214,7 +214,7 @@ def test_reference_subset_of_a_partial_npz_keeps_the_chosen_images_it_holds(whic
         chosen = subset_indices(data_cfg(root=str(path), frac=0.1), labels, tmp_path)
     assert np.array_equal(train_index[chosen], held_official)  # the same images as the reference, where held
     assert np.array_equal(labels[chosen], full[held_official])  # and the labels genkd assigns are the official ones
-    assert np.array_equal(images[chosen], load_arrays(data_cfg(root=str(path)), "train")[0][np.isin(train_index, reference)])
+    assert np.array_equal(images[chosen], images[np.isin(train_index, reference)])
     saved = json.loads((tmp_path / "subset_indices.json").read_text())
     assert saved["subset"] == "reference" and saved["official_indices"] == held_official.tolist()
     assert saved["indices"] == chosen.tolist()
@@ -227,7 +227,8 @@ def test_reference_subset_of_a_partial_npz_keeps_the_chosen_images_it_holds(whic
 def test_balanced_reference_subset_draws_per_class_in_official_space(cifar10_npz):
     full, train_index, y_train = official_labels(cifar10_npz)
     rng = np.random.RandomState(0)  # the reference's per-class draw (its val_split code): one seed, classes in order
-    expected = np.sort(np.concatenate([np.flatnonzero(full == c)[rng.choice(5000, 500, replace=False)] for c in range(10)]))
+    per_class = [np.flatnonzero(full == label)[rng.choice(5000, 500, replace=False)] for label in range(10)]
+    expected = np.sort(np.concatenate(per_class))
     assert np.array_equal(select_subset(full, 0.1, seed=0, balanced=True), expected)
     with pytest.warns(UserWarning, match=r"holds \d+ of the 5000 images"):
         chosen = subset_indices(data_cfg(root=str(cifar10_npz), frac=0.1, balanced=True), y_train, None)
@@ -240,7 +241,8 @@ def test_permutation_subset_is_the_earlier_draw(cifar10_arrays):
         rng = np.random.default_rng(seed)
         expected = np.sort(rng.permutation(len(labels))[:517])
         assert np.array_equal(select_subset(labels, 0.1, seed, method="permutation"), expected)
-        assert np.array_equal(subset_indices(data_cfg(frac=0.1, subset_seed=seed, subset="permutation"), labels, None), expected)
+        cfg = data_cfg(frac=0.1, subset_seed=seed, subset="permutation")
+        assert np.array_equal(subset_indices(cfg, labels, None), expected)
         rng = np.random.default_rng(seed)
         balanced = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:52] for c in range(10)]))
         assert np.array_equal(select_subset(labels, 0.1, seed, balanced=True, method="permutation"), balanced)
@@ -307,4 +309,5 @@ def test_npz_with_inconsistent_official_order(cifar10_arrays, tmp_path):
     # An npz without them is in its own order, taken as the official one.
     np.savez(tmp_path / "plain.npz", x_train=x_train[:8], y_train=y_train[:8], x_test=x_test[:2], y_test=y_test[:2])
     expected = np.sort(np.random.RandomState(0).choice(8, 4, replace=False))
-    assert np.array_equal(subset_indices(data_cfg(root=str(tmp_path / "plain.npz"), frac=0.5), y_train[:8], None), expected)
+    chosen = subset_indices(data_cfg(root=str(tmp_path / "plain.npz"), frac=0.5), y_train[:8], None)
+    assert np.array_equal(chosen, expected)

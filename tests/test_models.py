@@ -158,5 +158,6 @@ def test_default_conditioning_is_the_references_per_layer_embeddings():
     torch.manual_seed(0)
     x, y = torch.randn(5, 8, 4, 4), torch.tensor([0, 3, 3, 9, 1])
     mean, var = x.mean(dim=(0, 2, 3), keepdim=True), x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
-    expected = (x - mean) / torch.sqrt(var + 1e-5) * (1 + norm.gain.weight[y, :, None, None]) + norm.bias.weight[y, :, None, None]
+    gain, bias = norm.gain.weight[y, :, None, None], norm.bias.weight[y, :, None, None]
+    expected = (x - mean) / torch.sqrt(var + 1e-5) * (1 + gain) + bias
     assert torch.allclose(norm(x, y), expected, atol=1e-5)

@@ -46,7 +46,8 @@ def test_train_mode_uses_batch_statistics_and_leaves_the_state_unchanged(generat
     assert (train_images.int() - eval_images.int()).abs().float().mean() > 1.0  # batch vs running statistics
     after = generator.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[key], after[key]) for key in before)
-    assert not generator.training and all(m.track_running_stats for m in generator.modules() if hasattr(m, "track_running_stats"))
+    norms = [module for module in generator.modules() if hasattr(module, "track_running_stats")]
+    assert not generator.training and all(norm.track_running_stats for norm in norms)
     # Each batch of 10 is normalised by its own statistics: the same as the model in training mode, batch by batch,
     # with its spectral-norm vectors held (eval-mode parametrizations), and the running statistics unchanged.
     reference = copy.deepcopy(generator).train()
@@ -74,7 +75,8 @@ def test_train_mode_pads_the_last_batch_and_is_reproducible(generator):
     assert images.shape == (23, 3, 32, 32) and images.dtype == torch.uint8
     again, _ = sample_images(generator, 10, 23, batch_size=10, seed=3, progress=False, mode="train")
     assert torch.equal(images, again)
-    assert not torch.equal(images, sample_images(generator, 10, 23, batch_size=10, seed=4, progress=False, mode="train")[0])
+    other_seed, _ = sample_images(generator, 10, 23, batch_size=10, seed=4, progress=False, mode="train")
+    assert not torch.equal(images, other_seed)
     # 20 samples are the first two whole batches (balanced labels differ between 20 and 23, so compare per latent).
     latents = torch.randn(23, 8, generator=torch.Generator().manual_seed(3))
     labels = balanced_labels(23, 10, seed=3)
@@ -119,7 +121,8 @@ def test_evaluator_samples_in_the_configured_mode(monkeypatch):
 
     monkeypatch.setattr(evaluation, "sample_images", record)
     monkeypatch.setattr(evaluation, "resolve_weights", lambda path: path)
-    for argv, expected in (([], ("train", 50)), (["--eval.sample_mode", "eval", "--eval.sample_batch_size", "7"], ("eval", 7))):
+    cases = (([], ("train", 50)), (["--eval.sample_mode", "eval", "--eval.sample_batch_size", "7"], ("eval", 7)))
+    for argv, expected in cases:
         cfg = gan_config(argv)
         with pytest.raises(Recorded):
             evaluation.Evaluator(cfg)(torch.nn.Linear(1, 1), 10)
