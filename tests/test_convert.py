@@ -2,20 +2,22 @@
 genkd's models. The reference layout and forward below are written from reading DiffAugment-biggan-cifar layers.py
 (SN, SNConv2d, SNLinear, SNEmbedding, ccbn, bn, GBlock, DBlock) and BigGAN.py (Generator, Discriminator, G_arch[32],
 D_arch[32]), with the scripts' flags (G_shared off, no attention, SN_eps 1e-8, BN eps 1e-5, momentum 0.1)."""
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from genkd.checkpoint import load_generator
-from genkd.convert import ConversionError, convert_discriminator, convert_generator, convert_run, power_vectors
+from genkd.convert import (
+    ConversionError,
+    convert_discriminator,
+    convert_generator,
+    convert_run,
+    main,
+    power_vectors,
+)
 from genkd.sampling import sampling_mode
 
 EPS = 1e-8
-REPO = Path(__file__).resolve().parents[1]  # python -m genkd.convert from here imports this checkout's genkd
 CLASSES, WIDTH, Z_DIM = 10, 4, 16  # channels 4 * WIDTH = 16
 
 
@@ -259,7 +261,7 @@ def test_bad_state_dicts_say_what_is_wrong():
         convert_discriminator(reference_generator_state())
 
 
-def test_convert_run_writes_a_checkpoint_genkd_evaluates(tmp_path):
+def test_convert_run_writes_a_checkpoint_genkd_evaluates(tmp_path, capsys):
     weights = tmp_path / "weights" / "DiffAugment-biggan-cifar10-0.1"
     weights.mkdir(parents=True)
     g_state, d_state = reference_generator_state(), reference_discriminator_state()
@@ -277,17 +279,14 @@ def test_convert_run_writes_a_checkpoint_genkd_evaluates(tmp_path):
     state = torch.load(path, weights_only=True)
     assert {"G", "D", "G_ema"} <= state.keys()
     assert not torch.equal(state["G"]["linear.bias"], state["G_ema"]["linear.bias"])  # each from its own file
-    # One published generator file, through the command line, with a config override.
+    # One published generator file, through the command line (python -m genkd.convert runs main), with an override.
     torch.save(g_state, tmp_path / "DiffAugment-biggan-cifar10-0.1.pth")
-    command = [sys.executable, "-m", "genkd.convert", str(tmp_path / "DiffAugment-biggan-cifar10-0.1.pth"),
-               "--out", str(tmp_path / "published"), "--eval.sample_mode", "train"]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO)
-    assert "wrote" in result.stdout and "checkpoints/last.pt" in result.stdout
+    main([str(tmp_path / "DiffAugment-biggan-cifar10-0.1.pth"), "--out", str(tmp_path / "published"),
+          "--eval.sample_mode", "eval"])  # fmt: skip
+    assert "checkpoints/last.pt: evaluate with python eval/evaluate.py" in capsys.readouterr().out
     generator, cfg, _ = load_generator(tmp_path / "published")
-    assert cfg.eval.sample_mode == "train"
+    assert cfg.eval.sample_mode == "eval"
     with torch.no_grad():
         assert relative_error(generator(z, y), reference_generator(dict(g_state), z, y, False)) < 1e-5
-    command = [sys.executable, "-m", "genkd.convert", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]
-    missing = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
-    assert missing.returncode != 0 and "error: " in missing.stderr
-    assert "not found: pass a reference weights folder" in missing.stderr
+    with pytest.raises(SystemExit, match=r"^error: .*nothing not found: pass a reference weights folder"):
+        main([str(tmp_path / "nothing"), "--out", str(tmp_path / "x")])
