@@ -17,7 +17,10 @@ Subsets (``data.subset``):
   whatever the source: torchvision CIFAR is in that order; an npz may carry ``train_index`` (official position of each
   image) and ``y_train_full`` (all official labels), like ../shared/data/cifar10.npz, and then keeps the chosen images
   it holds; an image folder states the order by naming each file with its official index (``train/cat/00042.png``
-  is image 42 of the official training order; the class sub-folders alone are NOT that order).
+  is image 42 of the official training order; the class sub-folders alone are NOT that order; the largest number + 1
+  is taken as the size of the official set, so a partial folder should hold its last image). The subset has
+  ``round(frac * N_official)`` images (5000 of 50000 at 10 %); when the source holds only part of them, one warning
+  line says how many it holds and training uses those.
   ``data.balanced`` draws ``round(frac * N / classes)`` per class from one seeded ``RandomState``, class by class in
   label order, with ``choice(len(members), count, replace=False)`` (the reference's own per-class draw, its
   ``val_split`` code).
