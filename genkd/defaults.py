@@ -14,13 +14,18 @@ DEFAULTS = {
         "frac": 1.0,  # fraction of the training set, in (0, 1]
         "balanced": False,  # same share of every class instead of a plain random subset
         "subset_seed": 0,  # seed of the subset draw (the reference protocol uses 0)
+        # reference = np.random.seed(subset_seed); np.random.choice(50000, n, replace=False) in the official order, as
+        # data-efficient-gans datasets.py; permutation = genkd's earlier default_rng permutation (genkd/data.py)
+        "subset": "reference",
         "num_workers": 2,
     },
     "model": {
         "g_width": 64,  # generator channel multiplier
         "d_width": 64,  # discriminator channel multiplier
         "z_dim": 128,
-        "shared_dim": 128,  # shared class embedding feeding every conditional batch norm
+        # 0 = per-layer class embeddings in every conditional batch norm (the reference scripts leave G_shared off);
+        # > 0 = one shared class embedding of this size, mapped by SN linears to each layer's gains and biases
+        "shared_dim": 0,
         "g_blocks": 3,  # up-sampling residual blocks: 4 -> 32 pixels
         "d_blocks": 4,  # down-sampling residual blocks (the last ones keep the resolution at 32x32 inputs)
     },
@@ -67,12 +72,19 @@ DEFAULTS = {
         "prdc_k": 5,
         "reference_images": 0,  # images of the split behind the reference statistics; 0 = all of them (the protocol)
         "seed": 0,  # latent codes and labels of the evaluation samples: same seed, same samples at any process count
+        # train = batch norm of G_ema uses each sampling batch's statistics (the reference's G_eval_mode off; its
+        # running statistics are left untouched); eval = its running statistics (genkd/sampling.py)
+        "sample_mode": "train",
+        # images per generator call when sampling; in train mode also the batch-norm statistics' batch: the
+        # reference's --batch_size 50 (with --parallel, DataParallel splits it over the GPUs: 25 each on its 2)
+        "sample_batch_size": 50,
         "cache_dir": None,  # reference statistics cache; None = $XDG_CACHE_HOME/genkd or ~/.cache/genkd
     },
 }
 
 CHOICES = {
     "data.dataset": ("cifar10", "cifar100", "npz", "folder"),
+    "data.subset": ("reference", "permutation"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
     "distill.method": ("vkd", "kd-dlgan", "clip-kd", "fitnets", "spkd", "pkt", "label"),
     "distill.preprocess": ("clip", "kd-dlgan"),
@@ -84,6 +96,7 @@ CHOICES = {
     "distill.pairing": ("own", "aggregated"),
     "distill.loss": ("mse", "smooth_l1", "l2"),
     "eval.split": ("train", "test"),
+    "eval.sample_mode": ("train", "eval"),
 }
 
 CHECKS = {
@@ -98,12 +111,14 @@ CHECKS = {
     ),
     "model.g_blocks": (lambda n: n >= 1, "at least one up-sampling block"),
     "model.d_blocks": (lambda n: n >= 1, "at least one down-sampling block"),
+    "model.shared_dim": (lambda n: n >= 0, "0 (per-layer class embeddings, the reference) or a shared embedding size"),
     "distill.weight": (
         lambda w: w is None or (isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0.0),
         "a loss weight >= 0, or null for the method's own",
     ),
     "eval.num_samples": (lambda n: n >= 1, "a number of samples >= 1"),
     "eval.batch_size": (lambda n: n >= 1, "a batch size >= 1"),
+    "eval.sample_batch_size": (lambda n: n >= 1, "a batch size >= 1 (the reference samples 50 at a time)"),
     "eval.prdc_k": (lambda k: k >= 1, "a number of nearest neighbours >= 1"),
     "eval.reference_images": (lambda n: n >= 0, "a number of reference images >= 0 (0 = the whole split)"),
 }

@@ -1,7 +1,8 @@
 """FID, IS and precision/recall/density/coverage of a generator, or of a folder of images, against a dataset split.
 
 The protocol of DiffAugment BigGAN-CIFAR, KD-DLGAN and VkD: ``eval.num_samples`` (10,000) class-balanced samples of
-the EMA generator, quantised to uint8, torch-fidelity's TF-compatible Inception-v3, reference statistics from the
+the EMA generator (``eval.sample_mode``: by default batch statistics over batches of 50, as the reference; see
+genkd/sampling.py), quantised to uint8, torch-fidelity's TF-compatible Inception-v3, reference statistics from the
 test split, IS over 10 splits, PRDC with k = 5. One Inception pass per image set feeds all metrics.
 
 We use torch-fidelity only for its feature extractor: in 0.4.0 its generator wrapper crashes for class-conditional
@@ -139,11 +140,12 @@ class Evaluator:
             generator,
             num_classes,
             count,
-            batch_size=self.eval_cfg["batch_size"],
+            batch_size=self.eval_cfg["sample_batch_size"],
             seed=self.eval_cfg["seed"],
             accelerator=self.accelerator,
             gather=False,
             progress=self.progress,
+            mode=self.eval_cfg["sample_mode"],
         )
         return self._metrics(self._features(images, count, "fake"))
 
