@@ -69,12 +69,14 @@ LOSS_METHODS = tuple(LOSS_DEFAULTS)
 LOGIT_ONLY = {"ce": CrossEntropy, "kd": KD, "dist": DIST, "dkd": DKD, "vrm": VRM}  # built from their knobs alone
 
 
-def build_classifier_loss(distill_cfg: Mapping, student: nn.Module, teacher: nn.Module | None, num_classes: int):
+def build_classifier_loss(
+    distill_cfg: Mapping, student: nn.Module, teacher: nn.Module | None, num_classes: int, image_size: int = 32
+):
     """The loss module of ``distill_cfg["method"]`` with its knobs from ``distill_cfg[method]`` over LOSS_DEFAULTS.
 
     VkD reads ``student.feature_dim`` / ``teacher.feature_dim`` (pooled feature widths); MLDR-KD also reads
-    ``student.stage_channels`` (channels of each entry of ``.stages``) and runs the student once on a blank 32x32
-    image to size its stage heads (no gradients, eval mode).
+    ``student.stage_channels`` (channels of each entry of ``.stages``) and runs the student once on a blank
+    ``image_size`` x ``image_size`` image (the training resolution) to size its stage heads (no gradients, eval mode).
     """
     method = distill_cfg["method"]
     if method not in LOSS_DEFAULTS:
@@ -95,5 +97,5 @@ def build_classifier_loss(distill_cfg: Mapping, student: nn.Module, teacher: nn.
         return VkD(student.feature_dim, teacher.feature_dim, **knobs)
     project_dim = knobs.pop("project_dim") or max(student.feature_dim, teacher.feature_dim)
     gate_hidden_dim = knobs.pop("gate_hidden_dim") or 4 * num_classes
-    stages = list(student.stage_channels), stage_sizes(student)
+    stages = list(student.stage_channels), stage_sizes(student, image_size)
     return MLDRKD(*stages, num_classes, project_dim, gate_hidden_dim, **knobs)
