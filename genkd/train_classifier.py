@@ -31,7 +31,7 @@ from genkd.classifier.losses import LOSS_DEFAULTS, LOSS_METHODS, build_classifie
 from genkd.classifier.models import MODELS, ClassifierOutput, build_model, load_weights
 from genkd.classifier.models.clip import ClipClassifier
 from genkd.classifier.models.timm_zoo import TimmClassifier, TimmModelError, warn_random_teacher
-from genkd.classifier.recipes import HETERO_NORMALIZATION, hetero_transform
+from genkd.classifier.recipes import HETERO_NORMALIZATION, VIRTUAL_VIEW_KNOBS, VirtualView, hetero_transform
 from genkd.classifier.recipes import learning_rate as recipe_learning_rate
 from genkd.config import Config, ConfigError, config_and_resume, load_config, save_config
 from genkd.data import ArrayDataset, load_arrays, subset_indices
@@ -179,12 +179,14 @@ def normalization(data_cfg, train_images: np.ndarray) -> tuple[tuple[float, ...]
     return tuple(mean.round(4).tolist()), tuple(std.round(4).tolist())
 
 
-def image_transform(mean, std, train: bool, randaugment: bool = False) -> v2.Compose:
-    """uint8 CHW -> normalised float. Training: random crop 32 (zero padding 4) + horizontal flip (+ RandAugment n=2)."""
+def image_transform(mean, std, train: bool, randaugment: bool | VirtualView = False) -> v2.Compose:
+    """uint8 CHW -> normalised float. Training: random crop 32 (zero padding 4) + horizontal flip (+ the virtual view's
+    RandAugment, and Cutout after normalisation; ``randaugment=True`` = VirtualView(): RandAugment n=2, magnitude 9)."""
+    virtual = VirtualView() if randaugment is True else randaugment or None
     steps = [v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()] if train else []
-    if randaugment:
-        steps.append(v2.RandAugment(num_ops=2))
-    return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)])
+    steps += virtual.augment() if virtual else []
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    return v2.Compose([*steps, *(virtual.erase() if virtual else [])])
 
 
 class TwoViews:
@@ -197,10 +199,17 @@ class TwoViews:
         return self.standard(image), self.virtual(image)
 
 
-def training_transform(mean, std, virtual_view: bool, data_cfg=None):
+def training_transform(mean, std, virtual_view: bool, data_cfg=None, virtual: VirtualView | None = None):
+    """The training view, or both views (TwoViews) when the loss needs a virtual one (``virtual``: how to make it)."""
     build = data_transform(data_cfg)
     standard = build(mean, std, train=True)
-    return TwoViews(standard, build(mean, std, train=True, randaugment=True)) if virtual_view else standard
+    return TwoViews(standard, build(mean, std, train=True, randaugment=virtual or True)) if virtual_view else standard
+
+
+def virtual_view_of(criterion) -> VirtualView:
+    """The virtual-view augmentation a loss asks for (VRM's knobs), RandAugment(2, 9) when it names none."""
+    defaults = VirtualView()
+    return VirtualView(*(getattr(criterion, name, getattr(defaults, field)) for field, name in VIRTUAL_VIEW_KNOBS))
 
 
 def data_transform(data_cfg=None):
@@ -253,6 +262,16 @@ def load_teacher(cfg: Config, num_classes: int, mean, std) -> torch.nn.Module:
         teacher = build_classifier(cfg.model.teacher, num_classes, cfg, mean, std, "teacher")
         load_weights(teacher, checkpoint, cfg.timm.teacher if timm_teacher else cfg.model.teacher)
     return teacher.eval().requires_grad_(False)
+
+
+def forward_views(model, images, virtual_view: bool, joint: bool):
+    """(outputs on the training view, outputs on the virtual view or None). Two views go through the model as one
+    batch [view 1; view 2] (``joint``: batch-norm statistics shared by both) or as one batch each."""
+    if not virtual_view:
+        return model(images), None
+    if joint:
+        return split_output(model(torch.cat(images)), len(images[0]))
+    return model(images[0]), model(images[1])
 
 
 def split_output(output: ClassifierOutput, size: int) -> tuple[ClassifierOutput, ClassifierOutput]:
@@ -339,7 +358,8 @@ def main(argv=None) -> dict:
     )
 
     virtual_view, needs_teacher = criterion.needs_virtual_view, criterion.needs_teacher and teacher is not None
-    transform = training_transform(mean, std, virtual_view, cfg.data)
+    joint_forward = getattr(criterion, "joint_forward", True)
+    transform = training_transform(mean, std, virtual_view, cfg.data, virtual_view_of(criterion))
     train_loader = loader(ArrayDataset(train_images, train_labels, transform), cfg.train.batch_size, True, cfg.data.num_workers)
     eval_set = ArrayDataset(eval_images, eval_labels, data_transform(cfg.data)(mean, std, train=False))
     eval_loader = loader(eval_set, cfg.eval.batch_size, False, cfg.data.num_workers)
@@ -416,16 +436,11 @@ def main(argv=None) -> dict:
         progress = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, disable=not accelerator.is_local_main_process)
         for batch_index, (images, labels) in enumerate(progress):
             size = len(labels)
-            inputs = torch.cat(images) if virtual_view else images  # both views in one pass through each model
             with accelerator.autocast():
-                student_out = student(inputs)
+                student_out, student_virtual = forward_views(student, images, virtual_view, joint_forward)
                 with torch.no_grad():
-                    teacher_out = teacher(inputs) if needs_teacher else None
-                virtual = None
-                if virtual_view:
-                    student_out, student_virtual = split_output(student_out, size)
-                    teacher_out, teacher_virtual = split_output(teacher_out, size) if teacher_out is not None else (None, None)
-                    virtual = (student_virtual, teacher_virtual)
+                    teacher_out, teacher_virtual = forward_views(teacher, images, virtual_view, joint_forward) if needs_teacher else (None, None)
+                virtual = (student_virtual, teacher_virtual) if virtual_view else None
                 terms = criterion(student_out, teacher_out, labels, epoch=epoch, virtual=virtual)
                 loss = sum(terms.values())
             optimizer.zero_grad(set_to_none=True)

@@ -15,6 +15,7 @@ norms) and takes the evaluation crop and interpolation from each model's pretrai
 """
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from timm.data import create_transform
@@ -44,9 +45,46 @@ def learning_rate(train_cfg: Mapping, epoch: int) -> float:
     return min_lr + 0.5 * (lr - min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
-def hetero_transform(mean, std, image_size: int, train: bool, randaugment: bool = False) -> v2.Compose:
+class Cutout(torch.nn.Module):
+    """DeVries & Taylor 2017: zero a ``size`` x ``size`` square at a uniformly drawn centre, clipped at the borders
+    (a normalised image, so zero is the mean colour)."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        height, width = image.shape[-2:]
+        y, x = torch.randint(height, ()).item(), torch.randint(width, ()).item()
+        top, left = max(0, y - self.size // 2), max(0, x - self.size // 2)
+        image = image.clone()
+        image[..., top : y + (self.size + 1) // 2, left : x + (self.size + 1) // 2] = 0
+        return image
+
+
+@dataclass(frozen=True)
+class VirtualView:
+    """How VRM's second ("virtual") view is made on top of the training view: RandAugment(ops, magnitude) on the
+    image, then Cutout of side ``cutout`` (0 = none) on the normalised tensor."""
+
+    ops: int = 2
+    magnitude: int = 9
+    cutout: int = 0
+
+    def augment(self) -> list:
+        return [v2.RandAugment(num_ops=self.ops, magnitude=self.magnitude)]
+
+    def erase(self) -> list:
+        return [Cutout(self.cutout)] if self.cutout else []
+
+
+VIRTUAL_VIEW_KNOBS = (("ops", "randaugment_ops"), ("magnitude", "randaugment_magnitude"), ("cutout", "cutout"))
+
+
+def hetero_transform(mean, std, image_size: int, train: bool, randaugment: "bool | VirtualView" = False) -> v2.Compose:
     """uint8 CHW tensor -> normalised float at ``image_size`` px, the OFA / MLDR-KD pipeline (timm's own transforms,
-    on PIL images as both references feed them). ``randaugment`` appends RandAugment n=2 (VRM's virtual view)."""
+    on PIL images as both references feed them). ``randaugment``: VRM's virtual view (True = VirtualView())."""
+    virtual = VirtualView() if randaugment is True else randaugment or None
     if train:
         timm_steps = create_transform(
             (3, image_size, image_size), is_training=True, hflip=0.5, vflip=0.0, color_jitter=0.0,
@@ -57,7 +95,5 @@ def hetero_transform(mean, std, image_size: int, train: bool, randaugment: bool 
             (3, image_size, image_size), is_training=False, interpolation="bilinear", crop_pct=HETERO_CROP_PCT,
             mean=mean, std=std,
         )
-    steps = [v2.ToPILImage()]
-    if randaugment:
-        steps.append(v2.RandAugment(num_ops=2))
-    return v2.Compose([*steps, timm_steps])
+    steps = [v2.ToPILImage(), *(virtual.augment() if virtual else [])]
+    return v2.Compose([*steps, timm_steps, *(virtual.erase() if virtual else [])])
