@@ -349,7 +349,7 @@ def main(argv=None) -> dict:
     distilling = cfg.distill.method != "ce"
     teacher = load_teacher(cfg, num_classes, mean, std) if distilling else None
     if not distilling and cfg.model.teacher:
-        accelerator.print(f"note: distill.method ce trains {cfg.model.student} alone; model.teacher is not used")
+        accelerator.print(f"note: distill.method ce trains {model_label(cfg, 'student')} alone; model.teacher is not used")
     image_size = cfg.data.image_size if cfg.data.pipeline == "hetero" else 32
     criterion = build_classifier_loss(cfg.distill, student, teacher, num_classes, image_size=image_size)
     trainable = [p for p in [*student.parameters(), *criterion.parameters()] if p.requires_grad]
@@ -387,11 +387,11 @@ def main(argv=None) -> dict:
     unwrapped_criterion = accelerator.unwrap_model(criterion)
     if initial_top1 is None:
         initial_top1 = evaluate(student, eval_loader, accelerator)
-        accelerator.print(f"{cfg.model.student} before training: {cfg.eval.split} top-1 {initial_top1:.2f}%")
+        accelerator.print(f"{model_label(cfg, 'student')} before training: {cfg.eval.split} top-1 {initial_top1:.2f}%")
         accelerator.log({"eval/top1": initial_top1}, step=0)
     teacher_top1 = evaluate(teacher, eval_loader, accelerator) if teacher is not None else None
     if teacher is not None:
-        accelerator.print(f"teacher {cfg.model.teacher}: {cfg.eval.split} top-1 {teacher_top1:.2f}%")
+        accelerator.print(f"teacher {model_label(cfg, 'teacher')}: {cfg.eval.split} top-1 {teacher_top1:.2f}%")
 
     def metrics() -> dict:
         last = history[-1] if history else {}
@@ -485,7 +485,7 @@ def main(argv=None) -> dict:
     accelerator.end_training()
     result = metrics()
     accelerator.print(
-        f"done: {cfg.model.student} {cfg.eval.split} top-1 best {result['best_top1']:.2f}% (epoch {result['best_epoch']}), "
+        f"done: {model_label(cfg, 'student')} {cfg.eval.split} top-1 best {result['best_top1']:.2f}% (epoch {result['best_epoch']}), "
         f"last {result['last_top1']:.2f}%, from {initial_top1:.2f}%; {run_dir / 'metrics.json'}, {run_dir / 'curves.png'}"
     )
     return result

@@ -257,6 +257,6 @@ def test_timm_errors_name_the_option(monkeypatch):
     with pytest.raises(TimmModelError, match="timm has no model 'resnet9000': set timm.student"):
         TimmClassifier("resnet9000", 10)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # answer at once instead of retrying
-    with pytest.raises(TimmModelError, match="offline\\? .* timm.pretrained PATH, or model.teacher_checkpoint PATH") as error:
+    with pytest.raises(TimmModelError, match="offline\\? .*timm.pretrained PATH, or model.teacher_checkpoint PATH") as error:
         TimmClassifier("test_resnet", 10, pretrained="timm")
     assert "\n" not in str(error.value)
