@@ -176,6 +176,7 @@ def test_two_processes_with_accelerate_launch(tiny_run, tmp_path):
 def test_evaluation_during_training_logs_metrics_and_keeps_best_checkpoint(tiny_run, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from genkd.checkpoint import load_generator
     from genkd.metrics import METRIC_KEYS, save_random_inception_weights
 
     weights = save_random_inception_weights(tmp_path / "random-inception.pth")
@@ -185,6 +186,9 @@ def test_evaluation_during_training_logs_metrics_and_keeps_best_checkpoint(tiny_
     train.main(tiny_run("run", "--train.steps", "4", *evaluation))
     best, last = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt"), load_checkpoint(tmp_path / "run")
     assert best["step"] in (2, 4) and best["best_fid"] == last["best_fid"] < float("inf")
+    assert best.keys() == last.keys()  # a full checkpoint: G_ema to report, everything else to resume from it
+    reported = load_generator(tmp_path / "run")  # what eval/evaluate.py reports by default
+    assert (reported.path, reported.step) == (tmp_path / "run" / "checkpoints" / "best.pt", best["step"])
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
     logged = {tag.split("eval/")[1] for tag in events.Tags()["scalars"] if "eval/" in tag}
     assert logged == set(METRIC_KEYS)
