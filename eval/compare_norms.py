@@ -8,7 +8,10 @@ With --train, the three runs of every config are trained first (OUT/runs/<config
 with ``python -m genkd.train`` or, with --launcher accelerate, ``accelerate launch genkd/train.py``; --train-args
 passes more options to it. Each run is then evaluated as eval/evaluate.py does, unless its metrics.json is up to date
 (same checkpoint file, same evaluation settings); --data.* / --eval.* options (e.g. --num-samples) apply to all.
-Writes OUT/norms.md, OUT/norms.csv and OUT/norms.png (one panel per metric, bars per norm, grouped by dataset).
+Each run is represented by its checkpoints/best.pt (the best-FID EMA generator of the evaluations during training,
+as the reference reports) when it has one, else last.pt (--checkpoint chooses); the checkpoint used and its step are
+printed for every run. Writes OUT/norms.md, OUT/norms.csv and OUT/norms.png (one panel per metric, bars per norm,
+grouped by dataset).
 """
 import argparse
 import csv
@@ -30,7 +33,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import genkd  # noqa: E402
-from evaluate import ERRORS, evaluate_source, evaluation_settings, resolve_config  # noqa: E402
+from evaluate import ERRORS, evaluate_source, evaluation_settings, locate, resolve_config  # noqa: E402
+from genkd.checkpoint import GENERATOR_CHECKPOINTS  # noqa: E402
 from genkd.config import as_config  # noqa: E402
 from genkd.metrics import resolve_weights  # noqa: E402
 from genkd.metrics.inception import file_identity  # noqa: E402
@@ -47,9 +51,10 @@ def run_labels(run_dir: Path) -> tuple[str, str]:
     return f"{cfg.data.dataset} {cfg.data.frac:.0%}", norm
 
 
-def up_to_date_metrics(run_dir: Path, overrides: list[str]) -> dict | None:
-    """The metrics in run_dir/metrics.json if they were computed from the current checkpoint with these settings."""
-    record_path, checkpoint = run_dir / "metrics.json", run_dir / "checkpoints" / "last.pt"
+def up_to_date_record(run_dir: Path, overrides: list[str], which: str = "auto") -> dict | None:
+    """The record in the metrics file eval/evaluate.py writes for checkpoint ``which`` of the run, if it was computed
+    from that checkpoint as it is now, with these settings."""
+    _, checkpoint, record_path = locate(run_dir, which)
     if not record_path.is_file() or not checkpoint.is_file():
         return None
     record = json.loads(record_path.read_text())
@@ -57,7 +62,7 @@ def up_to_date_metrics(run_dir: Path, overrides: list[str]) -> dict | None:
     settings = evaluation_settings(cfg, resolve_weights(cfg.eval.inception_weights))
     if record.get("source") != file_identity(checkpoint) or record.get("settings") != settings:
         return None
-    return record["metrics"]
+    return record
 
 
 def train_runs(configs: list[str], steps: int, out: Path, launcher: str, extra: str) -> list[Path]:
@@ -146,13 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], epilog="Other --data.* / --eval.* options go to the evaluation."
     )
-    parser.add_argument("runs", nargs="*", type=Path, help="run directories (config.yaml + checkpoints/last.pt)")
+    parser.add_argument("runs", nargs="*", type=Path, help="run directories (config.yaml + checkpoints/)")
     parser.add_argument("--out", type=Path, required=True, help="folder for norms.md, norms.csv, norms.png")
     parser.add_argument("--train", nargs="+", default=[], metavar="CONFIG", help="train the three norms of each first")
     parser.add_argument("--steps", type=int, default=2000, help="generator steps of each --train run")
     parser.add_argument("--launcher", choices=("python", "accelerate"), default="python")
     parser.add_argument("--train-args", default="", help='more options for genkd.train, e.g. "--data.frac 0.1"')
     parser.add_argument("--device", default=None, help="evaluation device (default: cuda when there is one)")
+    parser.add_argument("--checkpoint", choices=GENERATOR_CHECKPOINTS, default="auto", help="auto: best.pt if any")
     return parser
 
 
@@ -169,11 +175,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for run_dir in runs:
             if not (run_dir / "config.yaml").is_file():
                 raise FileNotFoundError(f"{run_dir} is not a genkd run directory (no config.yaml)")
-            metrics = up_to_date_metrics(run_dir, overrides)
-            if metrics is None:
-                metrics = evaluate_source(run_dir, overrides, device=device)["metrics"]
+            record = up_to_date_record(run_dir, overrides, args.checkpoint)
+            if record is None:  # evaluate_source prints the checkpoint it evaluates
+                record = evaluate_source(run_dir, overrides, device=device, which=args.checkpoint)
+            else:
+                step = record.get("step", "unknown")  # records written before steps were recorded
+                print(f"checkpoint {record['source']['path']} (step {step}): metrics up to date", flush=True)
             dataset, norm = run_labels(run_dir)
-            rows.append({"dataset": dataset, "norm": norm, "run": str(run_dir), **metrics})
+            rows.append({"dataset": dataset, "norm": norm, "run": str(run_dir), **record["metrics"]})
     except (*ERRORS, FileNotFoundError, subprocess.CalledProcessError) as error:
         sys.exit(f"error: {error}")
     rows.sort(key=lambda row: (row["dataset"], NORM_ORDER.index(row["norm"])))

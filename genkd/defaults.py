@@ -80,6 +80,15 @@ DEFAULTS = {
         "sample_batch_size": 50,
         "cache_dir": None,  # reference statistics cache; None = $XDG_CACHE_HOME/genkd or ~/.cache/genkd
     },
+    "reg": {  # discriminator regularisers (genkd/regularizers.py, sources there); a term is on when its weight is > 0
+        "lecam_weight": 0.0,  # LeCam lambda (lecam-gan's and KD-DLGAN's lc-DiffAugment scripts: 0.3)
+        "lecam_decay": 0.9,  # EMA decay of the batch means of D's real and fake logits (lecam-gan utils.ema_losses)
+        "lecam_start": 1000,  # generator step where the EMA starts averaging (a plain copy before); the term after it
+        "cr_weight": 0.0,  # consistency regularisation lambda (data-efficient-gans cr scripts: 10)
+        # CR's second view: this policy on the DiffAugmented reals ("flip" = mirror); "" = the un-augmented reals, as
+        # the DiffAugment + CR scripts at 10 % and 20 % (the 100 % ones keep this default)
+        "cr_augment": "flip,translation",
+    },
 }
 
 CHOICES = {
@@ -121,6 +130,14 @@ CHECKS = {
     "eval.sample_batch_size": (lambda n: n >= 1, "a batch size >= 1 (the reference samples 50 at a time)"),
     "eval.prdc_k": (lambda k: k >= 1, "a number of nearest neighbours >= 1"),
     "eval.reference_images": (lambda n: n >= 0, "a number of reference images >= 0 (0 = the whole split)"),
+    "reg.lecam_weight": (lambda w: w >= 0.0, "a loss weight >= 0 (0 = off)"),
+    "reg.lecam_decay": (lambda d: 0.0 <= d < 1.0, "a decay in [0, 1)"),
+    "reg.lecam_start": (lambda n: n >= 0, "a generator step >= 0"),
+    "reg.cr_weight": (lambda w: w >= 0.0, "a loss weight >= 0 (0 = off)"),
+    "reg.cr_augment": (
+        lambda s: set((s or "").replace(" ", "").split(",")) <= {"", "flip", "color", "translation", "cutout"},
+        'a comma-separated list of flip, color, translation, cutout; "" = the un-augmented reals',
+    ),
 }
 
 ALIASES = {"data-frac": "data.frac", "dataset": "data.dataset", "data-root": "data.root", "run-dir": "run_dir"}

@@ -33,6 +33,7 @@ from genkd.distill import build_distiller
 from genkd.evaluation import EvaluationError, Evaluator
 from genkd.metrics.inception import InceptionWeightsError
 from genkd.models.biggan import build_models
+from genkd.regularizers import Regularizers
 from genkd.teachers import TeacherError
 
 
@@ -120,6 +121,7 @@ def main(argv=None):
     d_parameters = list(discriminator.parameters()) + (list(distiller.parameters()) if distiller else [])
     optimizer_g = torch.optim.Adam(generator.parameters(), lr=cfg.train.g_lr, betas=tuple(cfg.train.betas))
     optimizer_d = torch.optim.Adam(d_parameters, lr=cfg.train.d_lr, betas=tuple(cfg.train.betas))
+    regularizers = Regularizers(cfg.reg, reduce_mean=lambda tensor: accelerator.reduce(tensor, "mean"))
 
     evaluator = Evaluator(cfg, accelerator) if cfg.eval.every else None  # checks the Inception weights now
     step, best_fid = 0, math.inf
@@ -135,6 +137,7 @@ def main(argv=None):
                 group.update(lr=lr, betas=tuple(cfg.train.betas))
         if distiller:
             distiller.projector.load_state_dict(state["projector"])
+        regularizers.load_state_dict(state.get("regularizers", {}))  # runs saved before regularisers existed: {}
         step, best_fid = state["step"], state["best_fid"]
     generator, discriminator, optimizer_g, optimizer_d = accelerator.prepare(
         generator, discriminator, optimizer_g, optimizer_d
@@ -178,6 +181,7 @@ def main(argv=None):
                     "opt_G": optimizer_g.state_dict(),
                     "opt_D": optimizer_d.state_dict(),
                     "projector": accelerator.unwrap_model(distiller.projector).state_dict() if distiller else None,
+                    "regularizers": regularizers.state_dict(),
                     "rng": rng,
                 },
                 checkpoint_path(run_dir, name),
@@ -194,7 +198,8 @@ def main(argv=None):
     batch = cfg.train.batch_size
     progress = tqdm(total=cfg.train.steps, initial=step, disable=not accelerator.is_local_main_process, desc="G steps")
     while step < cfg.train.steps:
-        # ---- discriminator: hinge loss on augmented real and fake images (+ distillation on the same images)
+        # ---- discriminator: hinge loss on augmented real and fake images (+ distillation on the same images,
+        #      + the configured regularisers, with the extra images they score in the same call)
         discriminator.train()
         for d_step in range(cfg.train.d_steps):
             real, real_labels = real_batches(step * cfg.train.d_steps + d_step)
@@ -202,13 +207,16 @@ def main(argv=None):
                 fake_labels = torch.randint(num_classes, (batch,), device=device)
                 fake = generator(torch.randn(batch, cfg.model.z_dim, device=device), fake_labels)
             augmented = diff_augment(torch.cat([real, fake.float()]), cfg.train.diffaug)
+            views, view_labels = regularizers.extra_views(real, augmented[:batch], real_labels)
             with accelerator.autocast():
-                logits, features = discriminator(augmented, torch.cat([real_labels, fake_labels]), return_features=True)
+                d_input, d_labels = torch.cat([augmented, views]), torch.cat([real_labels, fake_labels, view_labels])
+                logits, features = discriminator(d_input, d_labels, return_features=True)
                 loss_d_real = F.relu(1.0 - logits[:batch]).mean()
-                loss_d_fake = F.relu(1.0 + logits[batch:]).mean()
-                loss_d = loss_d_real + loss_d_fake
+                loss_d_fake = F.relu(1.0 + logits[batch : 2 * batch]).mean()
+                loss_reg, reg_terms = regularizers(logits.float(), batch, step)
+                loss_d = loss_d_real + loss_d_fake + loss_reg
                 if distiller:
-                    loss_distill = distiller(features.float(), augmented, num_real=len(real))
+                    loss_distill = distiller(features[: 2 * batch].float(), augmented, num_real=batch)
                     loss_d = loss_d + distiller.weight * loss_distill
             optimizer_d.zero_grad(set_to_none=True)
             accelerator.backward(loss_d)
@@ -237,6 +245,7 @@ def main(argv=None):
             logs = {"loss/d_real": loss_d_real.item(), "loss/d_fake": loss_d_fake.item(), "loss/g": loss_g.item()}
             if distiller:
                 logs["loss/distill"] = loss_distill.item()
+            logs.update({f"loss/{name}": term.item() for name, term in reg_terms.items()})  # unweighted, as distill
             accelerator.log(logs, step=step)
             progress.set_postfix({key.split("/")[1]: f"{value:.3f}" for key, value in logs.items()})
         if accelerator.is_main_process and (step % cfg.train.sample_every == 0 or step == cfg.train.steps):

@@ -208,6 +208,7 @@ def test_evaluate_cli_writes_metrics_json_for_a_run(run_dir, capsys):
     assert record["settings"]["eval"]["num_samples"] == COUNT and record["settings"]["data"]["dataset"] == "npz"
     printed = capsys.readouterr().out
     assert "fid" in printed and "coverage" in printed and str(run_dir / "metrics.json") in printed
+    assert f"checkpoint {run_dir / 'checkpoints' / 'last.pt'} (step 1)" in printed  # no best.pt: the last one
 
 
 def test_evaluate_cli_errors_are_one_line(tmp_path, run_dir):
@@ -260,8 +261,8 @@ def test_compare_norms_reads_up_to_date_metrics_and_writes_table_and_chart(
     assert Image.open(out / "norms.png").size[0] > 1000
 
     # A changed evaluation setting makes the stored metrics stale.
-    assert compare_norms.up_to_date_metrics(runs[0], ["--num-samples", str(COUNT)]) is not None
-    assert compare_norms.up_to_date_metrics(runs[0], ["--num-samples", str(COUNT + 1)]) is None
+    assert compare_norms.up_to_date_record(runs[0], ["--num-samples", str(COUNT)]) is not None
+    assert compare_norms.up_to_date_record(runs[0], ["--num-samples", str(COUNT + 1)]) is None
 
 
 def test_compare_norms_tells_its_options_from_evaluation_overrides():
@@ -272,3 +273,84 @@ def test_compare_norms_tells_its_options_from_evaluation_overrides():
     args = compare_norms.build_parser().parse_args(own)
     assert (args.train, args.train_args) == (["a.yaml", "b.yaml"], "--data.frac 0.1")
     assert (args.runs, args.device) == ([Path("runs/x")], "cpu")
+
+
+@pytest.fixture
+def run_with_best(tmp_path, run_dir):
+    """A run whose checkpoints/best.pt (step 4) and last.pt (step 6) hold different EMA generators."""
+    run = tmp_path / "run_with_best"
+    run.mkdir()
+    shutil.copy(run_dir / "config.yaml", run / "config.yaml")
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    for name, step, seed in (("best", 4, 1), ("last", 6, 2)):
+        torch.manual_seed(seed)
+        generator, _ = build_models(state["config"]["model"], 10)
+        save_checkpoint({**state, "step": step, "G_ema": generator.state_dict()}, run / "checkpoints" / f"{name}.pt")
+    return run
+
+
+def test_load_generator_chooses_best_then_last(run_with_best, run_dir, tmp_path):
+    from genkd.checkpoint import CheckpointError, load_generator
+
+    checkpoints = run_with_best / "checkpoints"
+    for which, name, step in (("auto", "best", 4), ("best", "best", 4), ("last", "last", 6)):
+        loaded = load_generator(run_with_best, which=which)
+        assert (loaded.path, loaded.step) == (checkpoints / f"{name}.pt", step)
+        saved = torch.load(checkpoints / f"{name}.pt", weights_only=True)["G_ema"]
+        assert all(torch.equal(value, saved[key]) for key, value in loaded.generator.state_dict().items())
+    assert load_generator(checkpoints / "last.pt", which="best").step == 6  # a file is taken as it is
+    assert load_generator(run_dir).path == run_dir / "checkpoints" / "last.pt"  # no best.pt: last
+    with pytest.raises(CheckpointError, match=r"no checkpoint at .*best.pt: it is written by evaluations during"):
+        load_generator(run_dir, which="best")
+    with pytest.raises(CheckpointError, match="unknown checkpoint choice 'first': use one of auto, best, last"):
+        load_generator(run_dir, which="first")
+
+
+class WeightSumEvaluator:
+    """Stands in for the Evaluator where only the choice of checkpoint is under test (no Inception pass): every
+    metric is the sum of the generator's weights, so two generators give two results."""
+
+    def __init__(self, cfg, accelerator=None, device=None):
+        self.weights = Path(cfg.eval.inception_weights)
+
+    def __call__(self, generator, num_classes):
+        total = sum(value.double().sum().item() for value in generator.state_dict().values())
+        return dict.fromkeys(METRIC_KEYS, total)
+
+
+def test_evaluate_cli_defaults_to_best_and_says_which_checkpoint(run_with_best, capsys, monkeypatch):
+    monkeypatch.setattr(evaluate, "Evaluator", WeightSumEvaluator)
+    checkpoints = run_with_best / "checkpoints"
+    evaluate.main([str(run_with_best), "--device", "cpu"])
+    assert f"checkpoint {checkpoints / 'best.pt'} (step 4)" in capsys.readouterr().out
+    record = json.loads((run_with_best / "metrics.json").read_text())
+    assert record["source"] == file_identity(checkpoints / "best.pt") and record["step"] == 4
+    best_weights = torch.load(checkpoints / "best.pt", weights_only=True)["G_ema"]
+    assert record["metrics"]["fid"] == sum(value.double().sum().item() for value in best_weights.values())
+
+    evaluate.main([str(run_with_best), "--device", "cpu", "--checkpoint", "last"])
+    assert f"checkpoint {checkpoints / 'last.pt'} (step 6)" in capsys.readouterr().out
+    last = json.loads((run_with_best / "metrics_last.json").read_text())  # metrics.json stays the reported one
+    assert last["source"] == file_identity(checkpoints / "last.pt") and last["step"] == 6
+    assert last["metrics"] != record["metrics"]  # another generator
+
+    evaluate.main([str(checkpoints / "best.pt"), "--device", "cpu"])  # the run's reported checkpoint, named
+    assert sorted(path.name for path in run_with_best.glob("metrics*.json")) == ["metrics.json", "metrics_last.json"]
+    with pytest.raises(SystemExit, match="unknown checkpoint choice 'first'"):
+        evaluate.main([str(run_with_best), "--device", "cpu", "--checkpoint", "first"])
+
+
+def test_compare_norms_uses_best_and_says_which_checkpoint(run_with_best, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(evaluate, "Evaluator", WeightSumEvaluator)
+    evaluate.main([str(run_with_best), "--device", "cpu"])  # metrics.json of best.pt
+    checkpoints = run_with_best / "checkpoints"
+    assert compare_norms.up_to_date_record(run_with_best, [])["source"] == file_identity(checkpoints / "best.pt")
+    assert compare_norms.up_to_date_record(run_with_best, [], "last") is None  # last.pt was never evaluated
+    assert compare_norms.up_to_date_record(run_with_best, ["--num-samples", "11"]) is None  # other settings
+    capsys.readouterr()
+    compare_norms.main([str(run_with_best), "--out", str(tmp_path / "out"), "--device", "cpu"])
+    assert f"checkpoint {(checkpoints / 'best.pt').resolve()} (step 4): metrics up to date" in capsys.readouterr().out
+    rows = compare_norms.main([str(run_with_best), "--out", str(tmp_path / "out"), "--device", "cpu", "--checkpoint",
+                               "last"])  # fmt: skip
+    assert f"checkpoint {checkpoints / 'last.pt'} (step 6)" in capsys.readouterr().out  # evaluated now
+    assert rows[0]["fid"] == json.loads((run_with_best / "metrics_last.json").read_text())["metrics"]["fid"]
