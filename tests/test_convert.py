@@ -270,7 +270,7 @@ def test_convert_run_writes_a_checkpoint_genkd_evaluates(tmp_path, capsys):
     torch.save(d_state, weights / "D_best.pth")
     path = convert_run(weights, tmp_path / "run", suffix="best")
     assert path == tmp_path / "run" / "checkpoints" / "best.pt" and (tmp_path / "run" / "config.yaml").is_file()
-    generator, cfg, num_classes = load_generator(path)
+    generator, cfg, num_classes, *_ = load_generator(path)
     assert num_classes == 10 and cfg.data.dataset == "cifar10"
     assert (cfg.model.g_width, cfg.model.d_width, cfg.model.shared_dim, cfg.model.z_dim) == (WIDTH, WIDTH, 0, Z_DIM)
     z, y = inputs()
@@ -284,7 +284,7 @@ def test_convert_run_writes_a_checkpoint_genkd_evaluates(tmp_path, capsys):
     main([str(tmp_path / "DiffAugment-biggan-cifar10-0.1.pth"), "--out", str(tmp_path / "published"),
           "--eval.sample_mode", "eval"])  # fmt: skip
     assert "checkpoints/last.pt: evaluate with python eval/evaluate.py" in capsys.readouterr().out
-    generator, cfg, _ = load_generator(tmp_path / "published")
+    generator, cfg, *_ = load_generator(tmp_path / "published")
     assert cfg.eval.sample_mode == "eval"
     with torch.no_grad():
         assert relative_error(generator(z, y), reference_generator(dict(g_state), z, y, False)) < 1e-5
