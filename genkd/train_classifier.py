@@ -26,7 +26,10 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from genkd.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_checkpoint
+from genkd.checkpoint import (
+    CheckpointError, accelerator_state, checkpoint_path, gather_random_states, load_resume_checkpoint,
+    restore_accelerator_state, restore_random_states, save_checkpoint,
+)
 from genkd.classifier.losses import LOSS_DEFAULTS, LOSS_METHODS, build_classifier_loss
 from genkd.classifier.models import MODELS, ClassifierOutput, build_model, load_weights
 from genkd.classifier.models.clip import ClipClassifier
@@ -35,6 +38,7 @@ from genkd.data import ArrayDataset, load_arrays, subset_indices
 from genkd.defaults import CHECKS as GAN_CHECKS
 from genkd.defaults import CHOICES as GAN_CHOICES
 from genkd.defaults import DEFAULTS as GAN_DEFAULTS
+from genkd.preemption import GracefulStop, Preempted, stop_message
 
 CLIP = "clip"  # an open_clip image encoder (the clip section) with a linear head: ClipClassifier
 SMALL_LR_MODELS = ("mobilenetv2", "shufflenetv1", "shufflenetv2")  # CRD trains these with lr 0.01
@@ -58,6 +62,7 @@ DEFAULTS = {
         "lr_decay": 0.1,
         "mixed_precision": "no",  # no | fp16 | bf16 (accelerate)
         "log_every": 50,  # steps between progress-bar updates of the loss
+        "keep_checkpoints": 2,  # last.pt and the previous good ones (last.1.pt ...) to fall back on if it is damaged
     },
     "eval": {
         "split": "test",  # test | train (the run's training subset, without augmentation: how well it fits)
@@ -85,6 +90,7 @@ CHECKS = {
     "train.epochs": (lambda n: n >= 1, "a number of epochs >= 1"),
     "train.batch_size": (lambda n: n >= 2, "a batch size >= 2 (batch norm needs two images)"),
     "train.lr": (lambda lr: lr >= 0, "a learning rate >= 0 (0 = automatic)"),
+    "train.keep_checkpoints": GAN_CHECKS["train.keep_checkpoints"],
     "eval.batch_size": (lambda n: n >= 1, "a batch size >= 1"),
 }
 ALIASES = {"dataset": "data.dataset", "data-root": "data.root", "data-frac": "data.frac", "run-dir": "run_dir"}
@@ -241,8 +247,20 @@ def write_json(data: dict, path: Path) -> None:
 # ---------------------------------------------------------------- training
 
 
+def loader_generator(data_loader) -> torch.Generator | None:
+    """The generator accelerate gives a shuffling loader on several processes (broadcast from process 0 at every
+    epoch); on one process the sampler seeds itself from the global torch stream, which the random states cover."""
+    return getattr(data_loader, "synchronized_generator", None)
+
+
 def main(argv=None) -> dict:
-    """Train; returns the metrics written to metrics.json."""
+    """Train; returns the metrics written to metrics.json. SIGTERM / SIGINT / SIGUSR1: finish the batch, checkpoint
+    (mid-epoch), exit with status 75."""
+    with GracefulStop() as stop:
+        return run_training(argv, stop)
+
+
+def run_training(argv, stop: GracefulStop) -> dict:
     cfg, resume = config_and_resume(sys.argv[1:] if argv is None else argv, classifier_config)
     run_dir = Path(cfg.run_dir)
     if resume is None and checkpoint_path(run_dir).is_file():
@@ -276,7 +294,7 @@ def main(argv=None) -> dict:
 
     start_epoch, history, best_top1, initial_top1 = 0, [], -1.0, None
     if resume is not None:
-        state = load_checkpoint(run_dir)
+        state = load_resume_checkpoint(run_dir)  # last.pt, or an older one if it is unreadable
         student.load_state_dict(state["model"])
         criterion.load_state_dict(state["criterion"])
         optimizer.load_state_dict(state["optimizer"])
@@ -318,7 +336,13 @@ def main(argv=None) -> dict:
             "epochs": history,
         }
 
-    def checkpoint(name: str, epoch: int) -> None:
+    def checkpoint(name: str, epoch: int, batch: int = 0, partial_sums: dict | None = None, epoch_start=None) -> None:
+        """``epoch`` finished epochs and ``batch`` batches of the next one; a mid-epoch checkpoint (batch > 0) also
+        holds the epoch's running sums and the random states at its start, from which resume replays the loader."""
+        saved_with = accelerator_state(accelerator)  # collectives: every process takes part
+        if epoch_start is None:  # at an epoch boundary the next epoch starts from the current streams
+            epoch_start = {"rng": saved_with["rng"], "loader": loader_generator(train_loader)}
+        generator = epoch_start["loader"]
         if accelerator.is_main_process:
             state = {
                 "model": unwrapped_student.state_dict(),
@@ -332,9 +356,33 @@ def main(argv=None) -> dict:
                 "best_top1": best_top1,
                 "initial_top1": initial_top1,
                 "config": cfg.to_dict(),
+                "batch": batch,
+                "partial_sums": partial_sums,
+                "epoch_start_rng": epoch_start["rng"],
+                "loader_generator": generator.get_state() if isinstance(generator, torch.Generator) else generator,
+                **saved_with,
             }
-            save_checkpoint(state, checkpoint_path(run_dir, name))
+            keep = cfg.train.keep_checkpoints if name == "last" else 1
+            save_checkpoint(state, checkpoint_path(run_dir, name), keep=keep, step=epoch * len(train_loader) + batch)
 
+    def stop_now(epoch: int, batch: int) -> None:
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
+        where = f"in epoch {epoch + 1} after batch {batch}" if batch else f"after epoch {epoch}"
+        message = stop_message(stop.signal_name, where, checkpoint_path(run_dir), run_dir, "genkd.train_classifier", accelerator.num_processes)
+        accelerator.print(message)
+        raise Preempted(message)
+
+    resume_state = state if resume is not None else None  # restored at the first epoch: the evaluations above draw
+    if resume_state and "rng" not in resume_state:  # written before random states were saved
+        accelerator.print("note: the checkpoint holds no random states: the resumed run draws new random numbers")
+        resume_state = None
+    elif resume_state and resume_state["batch"] and len(resume_state["rng"]) != accelerator.num_processes:
+        accelerator.print(
+            f"warning: stopped mid-epoch on {len(resume_state['rng'])} processes, resuming on {accelerator.num_processes}: "
+            f"epoch {start_epoch + 1} restarts from its first batch"
+        )
+        resume_state = {**resume_state, "batch": 0}
     for epoch in range(start_epoch, cfg.train.epochs):
         lr = learning_rate(cfg, epoch)
         for group in optimizer.param_groups:
@@ -343,8 +391,31 @@ def main(argv=None) -> dict:
         criterion.train()
         sums = {}
         seen = torch.zeros((), device=accelerator.device)
-        progress = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, disable=not accelerator.is_local_main_process)
-        for batch_index, (images, labels) in enumerate(progress):
+        first_batch = resume_state["batch"] if resume_state else 0
+        if resume_state:  # the streams at this epoch's start: saved with a mid-epoch checkpoint, else the current ones
+            if first_batch:
+                restore_random_states(resume_state["epoch_start_rng"], accelerator)
+            else:
+                restore_accelerator_state(resume_state, accelerator)
+            if resume_state["loader_generator"] is not None and loader_generator(train_loader) is not None:
+                loader_generator(train_loader).set_state(resume_state["loader_generator"])
+        epoch_start = {"rng": gather_random_states(accelerator), "loader": loader_generator(train_loader)}
+        if isinstance(epoch_start["loader"], torch.Generator):
+            epoch_start["loader"] = epoch_start["loader"].get_state()
+        batches = iter(train_loader)
+        if resume_state:
+            for _ in range(first_batch):  # the same loader draws (order, augmentations) as before the stop
+                next(batches)
+            if first_batch:
+                for key, total in resume_state["partial_sums"].items():  # process 0 carries the sums so far
+                    total = total.to(accelerator.device)
+                    sums[key] = total if accelerator.is_main_process else torch.zeros_like(total)
+                seen = sums.pop("seen")
+                restore_accelerator_state(resume_state, accelerator)  # the streams as they were at the stop
+            resume_state = None
+        progress = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, initial=first_batch,
+                        total=len(train_loader), disable=not accelerator.is_local_main_process)  # fmt: skip
+        for batch_index, (images, labels) in enumerate(progress, start=first_batch):
             size = len(labels)
             inputs = torch.cat(images) if virtual_view else images  # both views in one pass through each model
             with accelerator.autocast():
@@ -367,6 +438,10 @@ def main(argv=None) -> dict:
             seen += size
             if batch_index % cfg.train.log_every == 0:
                 progress.set_postfix(loss=f"{loss.item():.3f}")
+            if batch_index + 1 < len(train_loader) and stop.should_stop(accelerator):  # all processes, same batch
+                partial = {key: accelerator.reduce(value, "sum") for key, value in {**sums, "seen": seen}.items()}
+                checkpoint("last", epoch, batch_index + 1, partial, epoch_start)
+                stop_now(epoch, batch_index + 1)
         sums = {key: accelerator.reduce(value, "sum") for key, value in sums.items()}
         seen = accelerator.reduce(seen, "sum")
         train_loss = (sums.pop("loss") / seen).item()
@@ -396,6 +471,8 @@ def main(argv=None) -> dict:
         if accelerator.is_main_process:
             write_json(metrics(), run_dir / "metrics.json")
             save_curves(history, initial_top1, cfg.eval.split, run_dir / "curves.png")
+        if epoch + 1 < cfg.train.epochs and stop.should_stop(accelerator):
+            stop_now(epoch + 1, 0)
     accelerator.wait_for_everyone()  # tear down together: an early destroy_process_group can hang a peer
     accelerator.end_training()
     result = metrics()
