@@ -341,8 +341,8 @@ def run_training(argv, stop: GracefulStop) -> dict:
         holds the epoch's running sums and the random states at its start, from which resume replays the loader."""
         saved_with = accelerator_state(accelerator)  # collectives: every process takes part
         if epoch_start is None:  # at an epoch boundary the next epoch starts from the current streams
-            epoch_start = {"rng": saved_with["rng"], "loader": loader_generator(train_loader)}
-        generator = epoch_start["loader"]
+            generator = loader_generator(train_loader)
+            epoch_start = {"rng": saved_with["rng"], "loader": generator.get_state() if generator else None}
         if accelerator.is_main_process:
             state = {
                 "model": unwrapped_student.state_dict(),
@@ -359,7 +359,7 @@ def run_training(argv, stop: GracefulStop) -> dict:
                 "batch": batch,
                 "partial_sums": partial_sums,
                 "epoch_start_rng": epoch_start["rng"],
-                "loader_generator": generator.get_state() if isinstance(generator, torch.Generator) else generator,
+                "loader_generator": epoch_start["loader"],
                 **saved_with,
             }
             keep = cfg.train.keep_checkpoints if name == "last" else 1
@@ -372,6 +372,34 @@ def run_training(argv, stop: GracefulStop) -> dict:
         message = stop_message(stop.signal_name, where, checkpoint_path(run_dir), run_dir, "genkd.train_classifier", accelerator.num_processes)
         accelerator.print(message)
         raise Preempted(message)
+
+    def start_epoch_batches(resume_state: dict | None):
+        """(batch iterator, index of its first batch, running sums, images seen, the epoch's starting streams).
+
+        Resuming mid-epoch restores the streams of the epoch's start, replays the loader up to the stop (the same
+        order and augmentations) and then restores the streams of the stop: the rest of the epoch is drawn exactly
+        as without the stop. The sums so far are carried by process 0."""
+        sums, seen = {}, torch.zeros((), device=accelerator.device)
+        first_batch = resume_state["batch"] if resume_state else 0
+        if resume_state:
+            if first_batch:
+                restore_random_states(resume_state["epoch_start_rng"], accelerator)
+            else:  # at an epoch boundary the current streams start the epoch
+                restore_accelerator_state(resume_state, accelerator)
+            if resume_state["loader_generator"] is not None and loader_generator(train_loader) is not None:
+                loader_generator(train_loader).set_state(resume_state["loader_generator"])
+        generator = loader_generator(train_loader)
+        epoch_start = {"rng": gather_random_states(accelerator), "loader": generator.get_state() if generator else None}
+        batches = iter(train_loader)
+        if first_batch:
+            for _ in range(first_batch):
+                next(batches)
+            for key, total in resume_state["partial_sums"].items():
+                total = total.to(accelerator.device)
+                sums[key] = total if accelerator.is_main_process else torch.zeros_like(total)
+            seen = sums.pop("seen")
+            restore_accelerator_state(resume_state, accelerator)
+        return batches, first_batch, sums, seen, epoch_start
 
     resume_state = state if resume is not None else None  # restored at the first epoch: the evaluations above draw
     if resume_state and "rng" not in resume_state:  # written before random states were saved
@@ -389,30 +417,8 @@ def run_training(argv, stop: GracefulStop) -> dict:
             group["lr"] = lr
         student.train()
         criterion.train()
-        sums = {}
-        seen = torch.zeros((), device=accelerator.device)
-        first_batch = resume_state["batch"] if resume_state else 0
-        if resume_state:  # the streams at this epoch's start: saved with a mid-epoch checkpoint, else the current ones
-            if first_batch:
-                restore_random_states(resume_state["epoch_start_rng"], accelerator)
-            else:
-                restore_accelerator_state(resume_state, accelerator)
-            if resume_state["loader_generator"] is not None and loader_generator(train_loader) is not None:
-                loader_generator(train_loader).set_state(resume_state["loader_generator"])
-        epoch_start = {"rng": gather_random_states(accelerator), "loader": loader_generator(train_loader)}
-        if isinstance(epoch_start["loader"], torch.Generator):
-            epoch_start["loader"] = epoch_start["loader"].get_state()
-        batches = iter(train_loader)
-        if resume_state:
-            for _ in range(first_batch):  # the same loader draws (order, augmentations) as before the stop
-                next(batches)
-            if first_batch:
-                for key, total in resume_state["partial_sums"].items():  # process 0 carries the sums so far
-                    total = total.to(accelerator.device)
-                    sums[key] = total if accelerator.is_main_process else torch.zeros_like(total)
-                seen = sums.pop("seen")
-                restore_accelerator_state(resume_state, accelerator)  # the streams as they were at the stop
-            resume_state = None
+        batches, first_batch, sums, seen, epoch_start = start_epoch_batches(resume_state)
+        resume_state = None
         progress = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, initial=first_batch,
                         total=len(train_loader), disable=not accelerator.is_local_main_process)  # fmt: skip
         for batch_index, (images, labels) in enumerate(progress, start=first_batch):

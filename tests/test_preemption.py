@@ -169,3 +169,37 @@ def test_classifier_stops_mid_epoch_on_a_signal_and_resumes_exactly(small_npz, s
     assert metrics["epochs"][0] == straight_classifier[1]["epochs"][0]
     last, expected = metrics["epochs"][1], straight_classifier[1]["epochs"][1]  # sums carried over the stop
     assert last == pytest.approx(expected, rel=1e-6)
+
+
+def test_two_processes_stop_together_when_one_rank_is_sigtermed(cifar10_npz, tmp_path):
+    """Real DDP (gloo on CPU) through accelerate launch; only rank 1 gets SIGTERM (as when a node is drained). The
+    stop flag is all-reduced, so both ranks finish the same step, one checkpoint is written and both exit 75 (the
+    launcher itself then exits 1, naming exit code 75 for each rank)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
+    run_dir = tmp_path / "ddp"
+    command = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", str(port)]
+    command += [str(Path(train.__file__)), *gan_args(cifar10_npz, run_dir, "--train.steps", "100000")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**ENV, "ACCELERATE_USE_CPU": "1"})  # fmt: skip
+    wait_for(lambda: (run_dir / "samples" / "0000002.png").exists(), process, timeout=300)
+    ranks = {}  # rank -> pid of the workers of this launch (their environment names its port)
+    for proc in Path("/proc").iterdir():
+        try:
+            environment = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"MASTER_PORT={port}".encode() in environment:
+            ranks.update({int(e[5:]): int(proc.name) for e in environment if e.startswith(b"RANK=")})
+    assert sorted(ranks) == [0, 1]
+    os.kill(ranks[1], signal.SIGTERM)
+    out, err = process.communicate(timeout=300)
+    assert re.findall(r"exitcode\s*: (\d+)", err) == ["75", "75"], err[-3000:]
+    (line,) = [line for line in out.splitlines() if line.startswith("stopped")]  # printed once, by rank 0
+    step = int(re.search(r"after generator step (\d+);", line).group(1))
+    assert "stopped by a signal to another process" in line and "accelerate launch --num_processes 2" in line
+    state = load_checkpoint(run_dir)
+    assert state["step"] == step and len(state["rng"]) == 2
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["last.pt", "last.pt.json"]
