@@ -209,3 +209,27 @@ def test_a_checkpoint_pickling_other_objects_is_refused_by_name(tmp_path):
     torch.save({"model": {}, "extra": Opaque()}, path)
     with pytest.raises(CheckpointError, match=r"pickles test_checkpoint.Opaque, which genkd does not load"):
         load_checkpoint(path)
+
+
+def test_mdistiller_and_repdistiller_teacher_files_load_and_mismatches_name_the_keys(tmp_path):
+    from genkd.classifier.models import ModelError, build_model, load_weights
+
+    torch.manual_seed(0)
+    trained = build_model("resnet20", 10)
+    images = torch.randn(2, 3, 32, 32)
+    expected = trained.eval()(images).logits
+    # mdistiller's engine/trainer.py saves its DataParallel-wrapped distiller: module.student.*, module.teacher.*
+    distiller = {f"module.student.{k}": v for k, v in trained.state_dict().items()}
+    distiller.update({f"module.teacher.{k}": v for k, v in build_model("resnet56", 10).state_dict().items()})
+    torch.save({"epoch": 240, "model": distiller, "optimizer": {}, "best_acc": torch.tensor(71.2)}, tmp_path / "latest")
+    loaded = load_weights(build_model("resnet20", 10), tmp_path / "latest", "resnet20").eval()
+    assert torch.equal(loaded(images).logits, expected)
+    opt = argparse.Namespace(model="resnet20", dataset="cifar100")  # RepDistiller's *_last.pth
+    torch.save({"opt": opt, "model": trained.state_dict(), "optimizer": {}}, tmp_path / "resnet20_last.pth")
+    loaded = load_weights(build_model("resnet20", 10), tmp_path / "resnet20_last.pth", "resnet20").eval()
+    assert torch.equal(loaded(images).logits, expected)
+    with pytest.raises(ModelError, match=r"does not fit wrn_16_1 \(missing .*; unexpected .*layer1.0.bn1.bias"):
+        load_weights(build_model("wrn_16_1", 10), tmp_path / "resnet20_last.pth", "wrn_16_1")
+    (tmp_path / "broken.pth").write_bytes((tmp_path / "resnet20_last.pth").read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=r"broken.pth is corrupt or incomplete"):
+        load_weights(build_model("resnet20", 10), tmp_path / "broken.pth", "resnet20")

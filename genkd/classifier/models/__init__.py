@@ -51,7 +51,9 @@ def build_model(name: str, num_classes: int) -> CifarClassifier:
 
 
 def load_weights(model: nn.Module, path: str | Path, name: str = "") -> nn.Module:
-    """Load a checkpoint of this trainer or RepDistiller's ``{'model': state_dict}`` (a bare state dict works too).
+    """Load a checkpoint of this trainer, RepDistiller's ``{'model': state_dict, ...}`` (its ``*_last.pth`` pickles
+    an argparse.Namespace, allowed), mdistiller's (its ``student_*`` files, or a whole distiller's
+    ``{'model': {'module.student.*', 'module.teacher.*', ...}}``: the student is taken) or a bare state dict.
 
     ``name`` (the expected model name) is checked against the name a genkd checkpoint records.
     """
@@ -63,6 +65,8 @@ def load_weights(model: nn.Module, path: str | Path, name: str = "") -> nn.Modul
         raise ModelError(f"{path} holds a {state['model_name']}, not a {name}: set model.teacher to {state['model_name']}")
     weights = state.get("model", state)
     weights = {key.removeprefix("module."): value for key, value in weights.items()}  # saved from DataParallel
+    if any(key.startswith("student.") for key in weights):  # mdistiller's whole distiller (engine/trainer.py)
+        weights = {key.removeprefix("student."): value for key, value in weights.items() if key.startswith("student.")}
     expected = model.state_dict()
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
