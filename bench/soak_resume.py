@@ -56,7 +56,7 @@ def child(progress: str, fail_at_save: int, args: list[str]) -> None:
 
         def counting_update_ema(*a, **k):
             update_ema(*a, **k)
-            log.write("step\n")
+            log.write(f"{time.perf_counter()}\n")  # one line per step, with the time it ended
 
         train.update_ema = counting_update_ema
         if fail_at_save:
@@ -117,6 +117,8 @@ def interrupted_run(fault: str, rng: random.Random, npz: Path, root: Path, index
         process.send_signal(signal.SIGTERM if fault == "sigterm" else signal.SIGKILL)
     _, err = process.communicate()
     done = steps_done(progress)
+    stamps = [float(line) for line in progress.read_text().split()] if progress.exists() else []
+    step_times = [b - a for a, b in zip(stamps, stamps[1:])]
     if fault == "truncate" and (run_dir / "checkpoints" / "last.pt").exists():
         last = run_dir / "checkpoints" / "last.pt"
         last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
@@ -136,7 +138,42 @@ def interrupted_run(fault: str, rng: random.Random, npz: Path, root: Path, index
         train.main(["--resume", str(run_dir)] if resumed else args)
     identical = same_state(torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True), opts.reference)
     return {"fault": fault, "done": done, "resumed": resumed, "lost": done - resumed, "identical": identical,
-            "fell_back": fell_back, "write_failed_at": fail_at or None, "problems": problems}  # fmt: skip
+            "fell_back": fell_back, "write_failed_at": fail_at or None, "problems": problems, "step_times": step_times}  # fmt: skip
+
+
+def _time_stop_checks(rank: int, world: int, port: int, calls: int, results) -> None:
+    """One of ``world`` gloo processes: seconds per GracefulStop.should_stop (the per-step stop flag all-reduce)."""
+    import torch.distributed as dist
+
+    from genkd.preemption import GracefulStop
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    accelerator = argparse.Namespace(num_processes=world)
+    stop = GracefulStop()
+    stop.should_stop(accelerator)  # warm-up
+    times = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        stop.should_stop(accelerator)
+        times.append(time.perf_counter() - start)
+    if rank == 0:
+        results.put(sorted(times)[len(times) // 2])
+    dist.destroy_process_group()
+
+
+def stop_check_seconds(world: int = 2, calls: int = 2000) -> float:
+    """Median seconds of one stop check on ``world`` CPU processes."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    mp.spawn(_time_stop_checks, args=(world, port, calls, results), nprocs=world)
+    return results.get()
 
 
 def main() -> None:
@@ -178,6 +215,11 @@ def main() -> None:
         if lost:
             print(f"{fault:<9} runs {len(lost):>2}: steps lost {lost} (max {max(lost)}; checkpoint interval {opts.ckpt_every})")
     print(f"unexpected exits: {sum(bool(r['problems']) for r in results)}; wall time {time.perf_counter() - start:.0f} s")
+    step_times = sorted(t for r in results for t in r.get("step_times", []))
+    step_seconds = step_times[len(step_times) // 2]
+    check = stop_check_seconds()
+    print(f"stop check (one gloo all-reduce of the flag, 2 CPU processes): {check * 1e6:.0f} us per step, "
+          f"{check / step_seconds:.2%} of the median {step_seconds * 1e3:.1f} ms tiny-width CPU step of these runs")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ class GracefulStop:
         self.immediate = immediate
         self.signal_name: str | None = None  # the first signal received by this process
         self._previous: dict = {}
+        self._group = None  # the process group of the stop flag (see should_stop)
 
     def __enter__(self) -> "GracefulStop":
         if threading.current_thread() is threading.main_thread():
@@ -68,11 +69,21 @@ class GracefulStop:
         return self.signal_name is not None
 
     def should_stop(self, accelerator) -> bool:
-        """Whether any process was signalled (a collective on several processes: call it on all at the same step)."""
+        """Whether any process was signalled (a collective on several processes: call it on all at the same step).
+
+        The flag is reduced on the CPU through a gloo group (the default group when it is gloo, else one made on first
+        use, by every process at the same step): a GPU tensor would need ``.item()``, which waits for every queued
+        kernel and so drains the GPU queue once per step. On the CPU it costs one small all-reduce, tens of
+        microseconds (bench/RESULTS.md, soak_resume)."""
         if accelerator.num_processes == 1:
             return self.requested
-        flag = torch.tensor(float(self.requested), device=accelerator.device)
-        return accelerator.reduce(flag, "max").item() > 0
+        import torch.distributed as dist
+
+        if self._group is None:
+            self._group = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+        flag = torch.tensor([float(self.requested)])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
+        return flag.item() > 0
 
 
 def stop_message(signal_name: str | None, where: str, checkpoint, run_dir, module: str, num_processes: int) -> str:
