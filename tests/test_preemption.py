@@ -174,7 +174,8 @@ def test_classifier_stops_mid_epoch_on_a_signal_and_resumes_exactly(small_npz, s
 def test_two_processes_stop_together_when_one_rank_is_sigtermed(cifar10_npz, tmp_path):
     """Real DDP (gloo on CPU) through accelerate launch; only rank 1 gets SIGTERM (as when a node is drained). The
     stop flag is all-reduced, so both ranks finish the same step, one checkpoint is written and both exit 75 (the
-    launcher itself then exits 1, naming exit code 75 for each rank)."""
+    launcher itself then exits 1, naming exit code 75; the rank that exits second may be reported as SIGTERMed by the
+    launcher, after the checkpoint is complete)."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -196,7 +197,9 @@ def test_two_processes_stop_together_when_one_rank_is_sigtermed(cifar10_npz, tmp
     assert sorted(ranks) == [0, 1]
     os.kill(ranks[1], signal.SIGTERM)
     out, err = process.communicate(timeout=300)
-    assert re.findall(r"exitcode\s*: (\d+)", err) == ["75", "75"], err[-3000:]
+    # the first rank to exit 75 makes the launcher SIGTERM the other, which may be past its own exit code by then
+    codes = set(re.findall(r"exitcode\s*: (-?\d+)", err))
+    assert "75" in codes and codes <= {"75", "-15"}, err[-3000:]
     (line,) = [line for line in out.splitlines() if line.startswith("stopped")]  # printed once, by rank 0
     step = int(re.search(r"after generator step (\d+);", line).group(1))
     assert "stopped by a signal to another process" in line and "accelerate launch --num_processes 2" in line
