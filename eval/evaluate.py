@@ -4,6 +4,7 @@
     python eval/evaluate.py runs/cifar10-0.1 --checkpoint last    # ... of checkpoints/last.pt
     python eval/evaluate.py runs/x/checkpoints/step_050000.pt --num-samples 10000
     python eval/evaluate.py my_samples/ --dataset cifar10 --data-root data --out my_samples.json
+    python eval/evaluate.py samples.npz --num-samples 10000         # uint8 images under x (BigGAN-PyTorch), images or arr_0
     accelerate launch eval/evaluate.py runs/x                      # sampling and Inception spread over the GPUs
 
 A run is compared with its own dataset (its config.yaml) unless --data.* says otherwise; a folder of images with
@@ -14,6 +15,10 @@ of the evaluations during training as the reference reports, when the run has on
 metrics.json in the run directory for the run's auto choice, metrics_<name>.json for another checkpoint, metrics.json
 in an image folder). Prints the checkpoint it evaluates (path and step), writes the metrics with what they were
 computed from (so eval/compare_norms.py can tell whether they are up to date) and prints a table.
+
+A folder or .npz file must hold at least eval.num_samples images (a seeded subset of that many is used when it holds
+more); greyscale, palette and opaque RGBA images are converted to RGB with a note, anything else that is not a
+readable RGB image stops the evaluation with one line. Nothing is written unless every metric was computed.
 """
 import json
 import sys
@@ -29,9 +34,10 @@ from genkd.checkpoint import GENERATOR_CHECKPOINTS, CheckpointError, generator_c
 from genkd.config import Config, ConfigError, load_config, save_config
 from genkd.data import DataError
 from genkd.defaults import ALIASES, CHECKS, CHOICES, DEFAULTS
-from genkd.evaluation import EvaluationError, Evaluator, load_image_folder
+from genkd.evaluation import EvaluationError, Evaluator, load_images, select_images
 from genkd.metrics import METRIC_KEYS, InceptionWeightsError
 from genkd.metrics.inception import file_identity
+from genkd.preemption import EXIT_PREEMPTED, GracefulStop, Preempted
 
 EVAL_ALIASES = {
     **ALIASES,
@@ -57,6 +63,8 @@ def locate(source: Path, which: str = "auto") -> tuple[str, Path, Path]:
     file or an image folder. metrics.json of a run always describes the run's ``auto`` choice."""
     if not source.exists():
         raise EvaluationError(f"{source} not found: pass a run directory, a checkpoint (.pt) file or an image folder")
+    if source.is_file() and source.suffix == ".npz":  # generated images, e.g. BigGAN-PyTorch's samples.npz
+        return "images", source, source.with_name(f"metrics_{source.stem}.json")
     if source.is_file() or (source / "config.yaml").is_file() or (source / "checkpoints").is_dir():
         checkpoint = generator_checkpoint(source, which)
         run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
@@ -95,7 +103,9 @@ def evaluate_source(
     if kind == "checkpoint":
         metrics = evaluator(generator, num_classes)
     else:
-        metrics = evaluator.evaluate_images(load_image_folder(path))
+        report = print if accelerator is None or accelerator.is_main_process else lambda line: None
+        images = select_images(load_images(path, report), cfg.eval.num_samples, cfg.eval.seed, path, report)
+        metrics = evaluator.evaluate_images(images)
     record = {
         "metrics": metrics,
         "source": file_identity(path) if kind == "checkpoint" else {"path": str(path.resolve()), "kind": "images"},
@@ -105,7 +115,9 @@ def evaluate_source(
     if main_process:
         out = Path(out) if out else default_out
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(record, indent=2) + "\n")
+        temp = out.with_name(f".{out.name}.tmp")  # a stop or crash while writing leaves no partial file
+        temp.write_text(json.dumps(record, indent=2) + "\n")
+        temp.replace(out)
         print(format_table(metrics, f"{source} vs {cfg.data.dataset} {cfg.eval.split} -> {out}"))
     return record
 
@@ -136,6 +148,7 @@ def split_arguments(argv: list[str]) -> tuple[str, str | None, str | None, str, 
 
 
 def main(argv: list[str] | None = None) -> None:
+    """SIGTERM / SIGINT / SIGUSR1 stop the evaluation where it is (nothing is written) with exit status 75."""
     try:
         source, out, device, which, overrides = split_arguments(sys.argv[1:] if argv is None else argv)
         accelerator = None
@@ -143,10 +156,13 @@ def main(argv: list[str] | None = None) -> None:
             from accelerate import Accelerator
 
             accelerator = Accelerator()
-        with torch.no_grad():
+        with torch.no_grad(), GracefulStop(immediate=True):
             evaluate_source(source, overrides, out, device, accelerator, which)
     except ERRORS as error:
         sys.exit(f"error: {error}")
+    except Preempted as stopped:
+        print(f"evaluation {stopped}: nothing written; run the same command again", file=sys.stderr)
+        raise SystemExit(EXIT_PREEMPTED) from None
 
 
 if __name__ == "__main__":

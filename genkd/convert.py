@@ -206,6 +206,18 @@ def reference_files(source: Path, suffix: str) -> dict[str, Path]:
     return files
 
 
+def reference_step(source: Path, suffix: str) -> int:
+    """The generator iteration the reference saved with its weights (BigGAN-PyTorch's state_dict[_suffix].pth
+    ``itr``, train.py), 0 when unknown (a single published generator file)."""
+    path = source / f"state_dict{'_' + suffix if suffix else ''}.pth"
+    if not path.is_file():
+        return 0
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True).get("itr", 0))
+    except Exception as error:  # noqa: BLE001  (torch raises many kinds for a bad file)
+        raise ConversionError(f"cannot read the iteration in {path} ({str(error).splitlines()[0]})") from None
+
+
 def convert_run(source: str | Path, run_dir: str | Path, suffix: str = "", overrides=()) -> Path:
     """Write ``run_dir``/config.yaml and a genkd checkpoint of the reference weights; returns the checkpoint path.
 
@@ -240,8 +252,9 @@ def convert_run(source: str | Path, run_dir: str | Path, suffix: str = "", overr
     save_config(cfg, run_dir / "config.yaml")
     path = run_dir / "checkpoints" / f"{'best' if suffix == 'best' else 'last'}.pt"
     origin = {key: str(file) for key, file in files.items()}
-    state = {**converted, "config": cfg.to_dict(), "num_classes": num_classes, "converted_from": origin}
-    save_checkpoint(state, path)
+    step = reference_step(Path(source), suffix) if Path(source).is_dir() else 0
+    state = {**converted, "step": step, "config": cfg.to_dict(), "num_classes": num_classes, "converted_from": origin}
+    save_checkpoint(state, path, step=step)
     for note in notes:
         print(f"note: {note}")
     return path

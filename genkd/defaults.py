@@ -43,6 +43,7 @@ DEFAULTS = {
         "log_every": 100,
         "sample_every": 1000,
         "ckpt_every": 5000,
+        "keep_checkpoints": 2,  # last.pt and the previous good ones (last.1.pt ...) to fall back on if it is damaged
     },
     "distill": {
         "enabled": False,  # off = the plain DiffAugment baseline
@@ -113,6 +114,7 @@ CHECKS = {
     "train.steps": (lambda n: n >= 0, "a number of generator steps >= 0 (0 = the paper's count)"),
     "train.batch_size": (lambda n: n >= 1, "a batch size >= 1"),
     "train.d_steps": (lambda n: n >= 1, "discriminator steps per generator step >= 1"),
+    "train.keep_checkpoints": (lambda n: n >= 1, "a number of checkpoints >= 1 (2 = last.pt and one to fall back on)"),
     "train.ema_decay": (lambda d: 0.0 <= d < 1.0, "a decay in [0, 1)"),
     "train.diffaug": (
         lambda s: all(p in ("color", "translation", "cutout") for p in s.split(",") if p),

@@ -20,11 +20,13 @@ import genkd  # noqa: F401  (first: makes torchvision importable on CPU-only tor
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import set_seed
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from genkd.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_checkpoint
+from genkd.checkpoint import (
+    CheckpointError, accelerator_state, checkpoint_path, load_resume_checkpoint, restore_accelerator_state, save_checkpoint,
+)
 from genkd.config import ConfigError, config_and_resume, save_config
 from genkd.data import DataError, load_arrays, subset_indices
 from genkd.defaults import gan_config
@@ -34,6 +36,7 @@ from genkd.evaluation import EvaluationError, Evaluator
 from genkd.metrics.inception import InceptionWeightsError
 from genkd.models.biggan import build_models
 from genkd.regularizers import Regularizers
+from genkd.preemption import GracefulStop, Preempted, stop_message
 from genkd.teachers import TeacherError
 
 
@@ -96,6 +99,11 @@ def save_sample_grid(generator, noise, labels, path: Path, columns: int) -> None
 
 
 def main(argv=None):
+    with GracefulStop() as stop:  # SIGTERM / SIGINT / SIGUSR1: finish the step, checkpoint, exit 75
+        run_training(argv, stop)
+
+
+def run_training(argv, stop: GracefulStop) -> None:
     cfg, resume = config_and_resume(sys.argv[1:] if argv is None else argv, gan_config)
     run_dir = Path(cfg.run_dir)
     if resume is None and checkpoint_path(run_dir).is_file():
@@ -126,7 +134,7 @@ def main(argv=None):
     evaluator = Evaluator(cfg, accelerator) if cfg.eval.every else None  # checks the Inception weights now
     step, best_fid = 0, math.inf
     if resume is not None:
-        state = load_checkpoint(run_dir)
+        state = load_resume_checkpoint(run_dir)  # last.pt, or an older one if it is unreadable
         generator.load_state_dict(state["G"])
         discriminator.load_state_dict(state["D"])
         generator_ema.load_state_dict(state["G_ema"])
@@ -147,13 +155,7 @@ def main(argv=None):
         if any(p.requires_grad for p in distiller.parameters()):
             distiller.projector = accelerator.prepare(distiller.projector)
     if resume is not None:  # after prepare, which may move things and draw random numbers
-        rng = state["rng"]
-        if len(rng) == world_size:
-            torch.set_rng_state(rng[rank]["cpu"])
-            if torch.cuda.is_available() and rng[rank]["cuda"] is not None:
-                torch.cuda.set_rng_state(rng[rank]["cuda"])
-        else:
-            accelerator.print(f"warning: resuming on {world_size} processes, saved with {len(rng)}: new random stream")
+        restore_accelerator_state(state, accelerator)  # fp16 GradScaler, random states of every process
 
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -167,7 +169,7 @@ def main(argv=None):
     unwrapped_d = accelerator.unwrap_model(discriminator)
 
     def checkpoint(name: str) -> None:
-        rng = gather_object([{"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}])
+        saved_with = accelerator_state(accelerator)  # a collective: every process takes part
         if accelerator.is_main_process:
             save_checkpoint(
                 {
@@ -182,9 +184,11 @@ def main(argv=None):
                     "opt_D": optimizer_d.state_dict(),
                     "projector": accelerator.unwrap_model(distiller.projector).state_dict() if distiller else None,
                     "regularizers": regularizers.state_dict(),
-                    "rng": rng,
+                    **saved_with,
                 },
                 checkpoint_path(run_dir, name),
+                keep=cfg.train.keep_checkpoints if name == "last" else 1,
+                step=step,
             )
 
     def stop_if_diverged(nonfinite: torch.Tensor) -> None:
@@ -258,9 +262,21 @@ def main(argv=None):
             if metrics["fid"] < best_fid:
                 best_fid = metrics["fid"]
                 checkpoint("best")
-        if step % cfg.train.ckpt_every == 0 or step == cfg.train.steps:
+        saved = step % cfg.train.ckpt_every == 0 or step == cfg.train.steps
+        if saved:
             stop_if_diverged(nonfinite)
             checkpoint("last")
+        if step < cfg.train.steps and stop.should_stop(accelerator):  # every process asks after the same step
+            if not saved:
+                stop_if_diverged(nonfinite)
+                checkpoint("last")
+            progress.close()
+            accelerator.wait_for_everyone()
+            accelerator.end_training()
+            where = f"after generator step {step}"
+            message = stop_message(stop.signal_name, where, checkpoint_path(run_dir), run_dir, "genkd.train", world_size)
+            accelerator.print(message)
+            raise Preempted(message)
     progress.close()
     accelerator.wait_for_everyone()  # tear down together: an early destroy_process_group can hang a peer
     accelerator.end_training()

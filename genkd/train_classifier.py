@@ -26,7 +26,10 @@ from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from genkd.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_checkpoint
+from genkd.checkpoint import (
+    CheckpointError, accelerator_state, checkpoint_path, gather_random_states, load_resume_checkpoint,
+    restore_accelerator_state, restore_random_states, save_checkpoint,
+)
 from genkd.classifier.losses import LOSS_DEFAULTS, LOSS_METHODS, build_classifier_loss
 from genkd.classifier.models import MODELS, ClassifierOutput, build_model, load_weights
 from genkd.classifier.models.clip import ClipClassifier
@@ -38,6 +41,7 @@ from genkd.data import ArrayDataset, load_arrays, subset_indices
 from genkd.defaults import CHECKS as GAN_CHECKS
 from genkd.defaults import CHOICES as GAN_CHOICES
 from genkd.defaults import DEFAULTS as GAN_DEFAULTS
+from genkd.preemption import GracefulStop, Preempted, stop_message
 
 CLIP = "clip"  # an open_clip image encoder (the clip section) with a linear head: ClipClassifier
 TIMM = "timm"  # a timm architecture (the timm section): TimmClassifier, the heterogeneous setting (OFA-KD / MLDR-KD)
@@ -73,6 +77,7 @@ DEFAULTS = {
         "nesterov": False,  # Nesterov momentum (OFA / MLDR-KD: on)
         "mixed_precision": "no",  # no | fp16 | bf16 (accelerate)
         "log_every": 50,  # steps between progress-bar updates of the loss
+        "keep_checkpoints": 2,  # last.pt and the previous good ones (last.1.pt ...) to fall back on if it is damaged
     },
     "eval": {
         "split": "test",  # test | train (the run's training subset, without augmentation: how well it fits)
@@ -111,6 +116,7 @@ CHECKS = {
     "train.epochs": (lambda n: n >= 1, "a number of epochs >= 1"),
     "train.batch_size": (lambda n: n >= 2, "a batch size >= 2 (batch norm needs two images)"),
     "train.lr": (lambda lr: lr >= 0, "a learning rate >= 0 (0 = automatic)"),
+    "train.keep_checkpoints": GAN_CHECKS["train.keep_checkpoints"],
     "eval.batch_size": (lambda n: n >= 1, "a batch size >= 1"),
     "data.image_size": (lambda n: n >= 8, "an image side >= 8 pixels"),
     "train.warmup_epochs": (lambda n: n >= 0, "a number of warm-up epochs >= 0"),
@@ -327,8 +333,20 @@ def write_json(data: dict, path: Path) -> None:
 # ---------------------------------------------------------------- training
 
 
+def loader_generator(data_loader) -> torch.Generator | None:
+    """The generator accelerate gives a shuffling loader on several processes (broadcast from process 0 at every
+    epoch); on one process the sampler seeds itself from the global torch stream, which the random states cover."""
+    return getattr(data_loader, "synchronized_generator", None)
+
+
 def main(argv=None) -> dict:
-    """Train; returns the metrics written to metrics.json."""
+    """Train; returns the metrics written to metrics.json. SIGTERM / SIGINT / SIGUSR1: finish the batch, checkpoint
+    (mid-epoch), exit with status 75."""
+    with GracefulStop() as stop:
+        return run_training(argv, stop)
+
+
+def run_training(argv, stop: GracefulStop) -> dict:
     cfg, resume = config_and_resume(sys.argv[1:] if argv is None else argv, classifier_config)
     run_dir = Path(cfg.run_dir)
     if resume is None and checkpoint_path(run_dir).is_file():
@@ -366,7 +384,7 @@ def main(argv=None) -> dict:
 
     start_epoch, history, best_top1, initial_top1 = 0, [], -1.0, None
     if resume is not None:
-        state = load_checkpoint(run_dir)
+        state = load_resume_checkpoint(run_dir)  # last.pt, or an older one if it is unreadable
         student.load_state_dict(state["model"])
         criterion.load_state_dict(state["criterion"])
         optimizer.load_state_dict(state["optimizer"])
@@ -408,7 +426,13 @@ def main(argv=None) -> dict:
             "epochs": history,
         }
 
-    def checkpoint(name: str, epoch: int) -> None:
+    def checkpoint(name: str, epoch: int, batch: int = 0, partial_sums: dict | None = None, epoch_start=None) -> None:
+        """``epoch`` finished epochs and ``batch`` batches of the next one; a mid-epoch checkpoint (batch > 0) also
+        holds the epoch's running sums and the random states at its start, from which resume replays the loader."""
+        saved_with = accelerator_state(accelerator)  # collectives: every process takes part
+        if epoch_start is None:  # at an epoch boundary the next epoch starts from the current streams
+            generator = loader_generator(train_loader)
+            epoch_start = {"rng": saved_with["rng"], "loader": generator.get_state() if generator else None}
         if accelerator.is_main_process:
             state = {
                 "model": unwrapped_student.state_dict(),
@@ -422,19 +446,72 @@ def main(argv=None) -> dict:
                 "best_top1": best_top1,
                 "initial_top1": initial_top1,
                 "config": cfg.to_dict(),
+                "batch": batch,
+                "partial_sums": partial_sums,
+                "epoch_start_rng": epoch_start["rng"],
+                "loader_generator": epoch_start["loader"],
+                **saved_with,
             }
-            save_checkpoint(state, checkpoint_path(run_dir, name))
+            keep = cfg.train.keep_checkpoints if name == "last" else 1
+            save_checkpoint(state, checkpoint_path(run_dir, name), keep=keep, step=epoch * len(train_loader) + batch)
 
+    def stop_now(epoch: int, batch: int) -> None:
+        accelerator.wait_for_everyone()
+        accelerator.end_training()
+        where = f"in epoch {epoch + 1} after batch {batch}" if batch else f"after epoch {epoch}"
+        message = stop_message(stop.signal_name, where, checkpoint_path(run_dir), run_dir, "genkd.train_classifier", accelerator.num_processes)
+        accelerator.print(message)
+        raise Preempted(message)
+
+    def start_epoch_batches(resume_state: dict | None):
+        """(batch iterator, index of its first batch, running sums, images seen, the epoch's starting streams).
+
+        Resuming mid-epoch restores the streams of the epoch's start, replays the loader up to the stop (the same
+        order and augmentations) and then restores the streams of the stop: the rest of the epoch is drawn exactly
+        as without the stop. The sums so far are carried by process 0."""
+        sums, seen = {}, torch.zeros((), device=accelerator.device)
+        first_batch = resume_state["batch"] if resume_state else 0
+        if resume_state:
+            if first_batch:
+                restore_random_states(resume_state["epoch_start_rng"], accelerator)
+            else:  # at an epoch boundary the current streams start the epoch
+                restore_accelerator_state(resume_state, accelerator)
+            if resume_state["loader_generator"] is not None and loader_generator(train_loader) is not None:
+                loader_generator(train_loader).set_state(resume_state["loader_generator"])
+        generator = loader_generator(train_loader)
+        epoch_start = {"rng": gather_random_states(accelerator), "loader": generator.get_state() if generator else None}
+        batches = iter(train_loader)
+        if first_batch:
+            for _ in range(first_batch):
+                next(batches)
+            for key, total in resume_state["partial_sums"].items():
+                total = total.to(accelerator.device)
+                sums[key] = total if accelerator.is_main_process else torch.zeros_like(total)
+            seen = sums.pop("seen")
+            restore_accelerator_state(resume_state, accelerator)
+        return batches, first_batch, sums, seen, epoch_start
+
+    resume_state = state if resume is not None else None  # restored at the first epoch: the evaluations above draw
+    if resume_state and "rng" not in resume_state:  # written before random states were saved
+        accelerator.print("note: the checkpoint holds no random states: the resumed run draws new random numbers")
+        resume_state = None
+    elif resume_state and resume_state["batch"] and len(resume_state["rng"]) != accelerator.num_processes:
+        accelerator.print(
+            f"warning: stopped mid-epoch on {len(resume_state['rng'])} processes, resuming on {accelerator.num_processes}: "
+            f"epoch {start_epoch + 1} restarts from its first batch"
+        )
+        resume_state = {**resume_state, "batch": 0}
     for epoch in range(start_epoch, cfg.train.epochs):
         lr = learning_rate(cfg, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
         student.train()
         criterion.train()
-        sums = {}
-        seen = torch.zeros((), device=accelerator.device)
-        progress = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, disable=not accelerator.is_local_main_process)
-        for batch_index, (images, labels) in enumerate(progress):
+        batches, first_batch, sums, seen, epoch_start = start_epoch_batches(resume_state)
+        resume_state = None
+        progress = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.train.epochs}", leave=False, initial=first_batch,
+                        total=len(train_loader), disable=not accelerator.is_local_main_process)  # fmt: skip
+        for batch_index, (images, labels) in enumerate(progress, start=first_batch):
             size = len(labels)
             with accelerator.autocast():
                 student_out, student_virtual = forward_views(student, images, virtual_view, joint_forward)
@@ -452,6 +529,10 @@ def main(argv=None) -> dict:
             seen += size
             if batch_index % cfg.train.log_every == 0:
                 progress.set_postfix(loss=f"{loss.item():.3f}")
+            if batch_index + 1 < len(train_loader) and stop.should_stop(accelerator):  # all processes, same batch
+                partial = {key: accelerator.reduce(value, "sum") for key, value in {**sums, "seen": seen}.items()}
+                checkpoint("last", epoch, batch_index + 1, partial, epoch_start)
+                stop_now(epoch, batch_index + 1)
         sums = {key: accelerator.reduce(value, "sum") for key, value in sums.items()}
         seen = accelerator.reduce(seen, "sum")
         train_loss = (sums.pop("loss") / seen).item()
@@ -481,6 +562,8 @@ def main(argv=None) -> dict:
         if accelerator.is_main_process:
             write_json(metrics(), run_dir / "metrics.json")
             save_curves(history, initial_top1, cfg.eval.split, run_dir / "curves.png")
+        if epoch + 1 < cfg.train.epochs and stop.should_stop(accelerator):
+            stop_now(epoch + 1, 0)
     accelerator.wait_for_everyone()  # tear down together: an early destroy_process_group can hang a peer
     accelerator.end_training()
     result = metrics()

@@ -268,7 +268,9 @@ def test_convert_run_writes_a_checkpoint_genkd_evaluates(tmp_path, capsys):
     torch.save(g_state, weights / "G_ema_best.pth")
     torch.save({**g_state, "linear.bias": g_state["linear.bias"] + 1}, weights / "G_best.pth")
     torch.save(d_state, weights / "D_best.pth")
+    torch.save({"itr": 4000, "best_IS": 0, "best_FID": 999999}, weights / "state_dict_best.pth")
     path = convert_run(weights, tmp_path / "run", suffix="best")
+    assert load_generator(path).step == 4000  # the reference's iteration, from its state_dict_best.pth
     assert path == tmp_path / "run" / "checkpoints" / "best.pt" and (tmp_path / "run" / "config.yaml").is_file()
     generator, cfg, num_classes, *_ = load_generator(path)
     assert num_classes == 10 and cfg.data.dataset == "cifar10"

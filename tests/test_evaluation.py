@@ -354,3 +354,117 @@ def test_compare_norms_uses_best_and_says_which_checkpoint(run_with_best, tmp_pa
                                "last"])  # fmt: skip
     assert f"checkpoint {checkpoints / 'last.pt'} (step 6)" in capsys.readouterr().out  # evaluated now
     assert rows[0]["fid"] == json.loads((run_with_best / "metrics_last.json").read_text())["metrics"]["fid"]
+
+
+# ---------------------------------------------------------------- bad evaluation input
+
+
+def test_greyscale_palette_and_opaque_rgba_images_are_converted_with_a_note(tmp_path):
+    grey = np.arange(32 * 32, dtype=np.uint8).reshape(32, 32)
+    Image.fromarray(grey, "L").save(tmp_path / "a_grey.png")
+    rgba = np.dstack([np.full((32, 32, 3), 7, np.uint8), np.full((32, 32), 255, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "b_rgba.png")
+    Image.new("RGB", (32, 32), (1, 2, 3)).convert("P", palette=Image.Palette.ADAPTIVE).save(tmp_path / "c_palette.png")
+    (tmp_path / "metrics.json").write_text("{}")  # e.g. written by an earlier evaluation
+    notes = []
+    images = load_image_folder(tmp_path, notes.append)
+    assert images.shape == (3, 32, 32, 3) and images.dtype == np.uint8
+    assert all(np.array_equal(images[0][..., c], grey) for c in range(3)) and (images[1] == 7).all()
+    assert (images[2] == (1, 2, 3)).all()
+    assert sorted(notes) == sorted([
+        f"note: skipped 1 files under {tmp_path} that are not images",
+        f"note: converted 1 greyscale images under {tmp_path} to RGB",
+        f"note: converted 1 RGBA (opaque) images under {tmp_path} to RGB",
+        f"note: converted 1 palette images under {tmp_path} to RGB",
+    ])  # fmt: skip
+
+
+def bad_folder(root: Path, kind: str) -> Path:
+    """An image folder (or .npz file) with one kind of problem, next to 11 good 32x32 RGB images."""
+    folder = root / kind
+    folder.mkdir()
+    for index in range(11):
+        Image.new("RGB", (32, 32), (index, 0, 0)).save(folder / f"{index:02d}.png")
+    if kind == "mixed_sizes":
+        Image.new("RGB", (64, 64)).save(folder / "99.png")
+    elif kind == "transparent":
+        Image.new("RGBA", (32, 32), (0, 0, 0, 128)).save(folder / "99.png")
+    elif kind == "sixteen_bit":
+        Image.fromarray(np.zeros((32, 32), np.uint16)).save(folder / "99.png")
+    elif kind == "not_an_image":
+        (folder / "99.png").write_text("an HTML error page saved as .png")
+    elif kind == "truncated":
+        whole = (folder / "00.png").read_bytes()
+        (folder / "99.png").write_bytes(whole[: len(whole) // 2])
+    elif kind == "empty":
+        for path in folder.iterdir():
+            path.unlink()
+        (folder / "notes.txt").write_text("no images here")
+    elif kind == "too_few":
+        pass  # 11 images, 20 asked for
+    else:  # .npz files
+        images = np.zeros((12, 32, 32, 3), np.uint8)
+        arrays = {
+            "npz_float": {"x": images.astype(np.float32) / 255},
+            "npz_shape": {"x": images[..., 0]},
+            "npz_keys": {"samples": images},
+        }[kind]
+        folder = root / f"{kind}.npz"
+        np.savez(folder, **arrays)
+    return folder
+
+
+BAD_INPUT = {
+    "mixed_sizes": r"images under .* differ in size \(00.png: \(32, 32\), 99.png: \(64, 64\)\): resize them",
+    "transparent": r"99.png has transparent pixels \(RGBA\): flatten it onto a background",
+    "sixteen_bit": r"99.png is a I;16 image, which genkd does not convert: save it as 8-bit RGB",
+    "not_an_image": r"99.png is not a readable image \(cannot identify image file .*\): remove or re-save it",
+    "truncated": r"99.png is not a readable image \(.*\): remove or re-save it",
+    "empty": r"no images \(.*\) found under .*empty",
+    "too_few": r"too_few holds 11 images but eval.num_samples is 20: pass --num-samples 11",
+    "npz_float": r"npz_float.npz: x is float32, expected uint8 pixels in 0..255: quantise first",
+    "npz_shape": r"npz_shape.npz: x has shape \(12, 32, 32\), expected \(N, H, W, 3\) or \(N, 3, H, W\)",
+    "npz_keys": r"npz_keys.npz has no images under x, images, arr_0 \(it holds samples\): save them as",
+}
+
+
+@pytest.mark.parametrize("kind", BAD_INPUT)
+def test_bad_evaluation_input_gets_one_line_and_no_metrics_file(kind, tmp_path, cifar10_npz, inception_weights, cache_dir):
+    source = bad_folder(tmp_path, kind)
+    argv = [str(source), "--device", "cpu", "--num-samples", "20", "--data.dataset", "npz", "--data.root", str(cifar10_npz),
+            "--inception-weights", str(inception_weights), "--eval.cache_dir", str(cache_dir)]  # fmt: skip
+    with pytest.raises(SystemExit, match="^error: (.*/)?" + BAD_INPUT[kind]) as error:
+        evaluate.main(argv)
+    assert "\n" not in str(error.value)
+    assert not list(tmp_path.rglob("*metrics*.json"))
+
+
+def test_npz_images_in_either_layout_match_the_folder(tmp_path, cifar10_npz, inception_weights, cache_dir, capsys):
+    """BigGAN-PyTorch's samples.npz holds x as uint8 (N, 3, H, W); a larger set is cut to a seeded eval.num_samples."""
+    images = reference_images(load_config(DEFAULTS, ["--data.dataset", "npz", "--data.root", str(cifar10_npz)]).data, "test", 2 * COUNT)
+    np.savez(tmp_path / "samples.npz", x=images.transpose(0, 3, 1, 2), y=np.zeros(len(images)))
+    cfg = eval_config(cifar10_npz, inception_weights, cache_dir)
+    from genkd.evaluation import load_image_npz, select_images
+
+    assert np.array_equal(load_image_npz(tmp_path / "samples.npz"), images)
+    chosen = select_images(images, COUNT, 0, "samples.npz")
+    assert f"note: using {COUNT} of the {2 * COUNT} images of samples.npz (a random subset, eval.seed 0)" in capsys.readouterr().out
+    assert evaluate_folder(tmp_path / "samples.npz", cfg, progress=False) == Evaluator(cfg, progress=False).evaluate_images(chosen)
+
+
+def test_a_signal_stops_an_evaluation_without_writing(run_dir, monkeypatch, capsys):
+    import os
+    import signal
+
+    from genkd.preemption import EXIT_PREEMPTED
+
+    def signalled(self, generator, num_classes):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("the signal should have stopped the evaluation")
+
+    monkeypatch.setattr(evaluate.Evaluator, "__call__", signalled)
+    out = run_dir / "metrics_stopped.json"
+    with pytest.raises(SystemExit) as stopped:
+        evaluate.main([str(run_dir), "--device", "cpu", "--num-samples", str(COUNT), "--out", str(out)])
+    assert stopped.value.code == EXIT_PREEMPTED and not out.exists()
+    assert "evaluation stopped by SIGTERM: nothing written; run the same command again" in capsys.readouterr().err

@@ -65,7 +65,9 @@ WRAPPER_PREFIXES = ("module.", "teacher.", "model.")  # DataParallel / distiller
 
 
 def load_weights(model: nn.Module, path: str | Path, name: str = "") -> nn.Module:
-    """Load a checkpoint of this trainer, RepDistiller's ``{'model': state_dict}``, a timm training checkpoint
+    """Load a checkpoint of this trainer, RepDistiller's ``{'model': state_dict, ...}`` (its ``*_last.pth`` pickles
+    an argparse.Namespace, allowed), mdistiller's (its ``student_*`` files, or a whole distiller's
+    ``{'model': {'module.student.*', 'module.teacher.*', ...}}``: the student is taken), a timm training checkpoint
     (``state_dict`` / ``state_dict_ema``: the OFA-KD and MLDR-KD teachers) or a bare state dict.
 
     ``name`` (the expected model name) is checked against the name a genkd checkpoint records.
@@ -80,6 +82,9 @@ def load_weights(model: nn.Module, path: str | Path, name: str = "") -> nn.Modul
         weights = state["model"]
     else:
         weights = next((state[key] for key in WEIGHT_ENTRIES if isinstance(state.get(key), dict)), state)
+    weights = {key.removeprefix("module."): value for key, value in weights.items()}  # saved from DataParallel
+    if any(key.startswith("student.") for key in weights):  # mdistiller's whole distiller (engine/trainer.py)
+        weights = {key.removeprefix("student."): value for key, value in weights.items() if key.startswith("student.")}
     expected = model.state_dict()
     weights = {strip_wrappers(key, expected): value for key, value in weights.items()}
     missing = sorted(set(expected) - set(weights))
