@@ -9,11 +9,11 @@ and write the tables in the layout of VkD's generation tables with the published
 The grid (configs/paper/grid.yaml) names the rows (methods), their config files, the datasets and the fractions;
 configs/paper/published.yaml holds the published numbers with their sources. Run ``R`` on dataset ``D`` at fraction
 ``F`` with seed ``S`` lives in OUT/runs/R/D-F/seedS and trains ``genkd.train --config <base> --config <R's files>
---dataset D --data-frac F --seed S`` (then --train-args, where ``{dataset}`` stands for D). A run whose last.pt has
-reached its steps is collected as it is, a shorter one resumed. Each run is evaluated from checkpoints/best.pt when
-training kept one (the reference's ``--which_best FID``), else last.pt, as eval/evaluate.py does, unless its metrics
-file is up to date (same checkpoint file, same evaluation settings); the options this tool does not know
-(--eval.*, --data.*, evaluate.py's --num-samples ...) go to that evaluation.
+--dataset D --data-frac F --seed S`` (then --train-args, where ``{dataset}`` stands for D and ``{seed}`` for S). A
+run whose last.pt has reached its steps is collected as it is, a shorter one resumed. Each run is evaluated from
+checkpoints/best.pt when training kept one (the reference's ``--which_best FID``), else last.pt, as eval/evaluate.py
+does, unless its metrics file is up to date (same checkpoint file, same evaluation settings); the options this tool
+does not know (--eval.*, --data.*, evaluate.py's --num-samples ...) go to that evaluation.
 
 Writes OUT/table.md (FID and IS: rows = methods, columns = dataset x fraction, mean +- std over seeds, each method
 followed by its published values; then the diversity table: FID, IS, precision, recall, density, coverage of the
@@ -117,7 +117,7 @@ class Run:
             argv += ["--config", str(config)]
         argv += ["--dataset", self.cell.dataset, "--data-frac", f"{self.cell.fraction:g}", "--seed", str(self.seed)]
         argv += ["--run-dir", str(self.run_dir)]
-        return argv + shlex.split(extra.replace("{dataset}", self.cell.dataset))
+        return argv + shlex.split(extra.replace("{dataset}", self.cell.dataset).replace("{seed}", str(self.seed)))
 
 
 @dataclass

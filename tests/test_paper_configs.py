@@ -104,7 +104,7 @@ def test_every_cell_of_a_row_resolves_to_the_reference_protocol(name, tmp_path):
         assert cfg.train.steps == PROTOCOL_STEPS[cell.dataset][cell.fraction]
         assert (cfg.train.batch_size, cfg.train.d_steps, cfg.train.g_lr, cfg.train.d_lr) == (50, 4, 2e-4, 2e-4)
         assert (cfg.train.ema_decay, cfg.train.ema_start, cfg.train.diffaug) == (0.9999, 1000, "translation,cutout")
-        assert (cfg.eval.every, cfg.eval.num_samples, cfg.model.shared_dim) == (4000, 10000, 0)
+        assert (cfg.eval.every, cfg.eval.num_samples, cfg.eval.batch_size, cfg.model.shared_dim) == (4000, 10000, 50, 0)
         assert cfg.distill.enabled == (name in KD_ROWS)
         if name in KD_ROWS:
             assert (cfg.distill.teacher, cfg.distill.preprocess, cfg.distill.dtype) == ("ViT-B-32", "kd-dlgan", "fp16")

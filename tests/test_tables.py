@@ -138,6 +138,18 @@ def test_runner_collects_runs_and_writes_the_paper_layout_with_published_values(
         assert Image.open(out / name).size[0] > 600
 
 
+def test_plan_covers_row_times_cell_times_seed_and_each_run_has_its_command(paper_folder, tmp_path):
+    grid = tables.load_grid(paper_folder / "grid.yaml")
+    runs = tables.plan_runs(grid, [0, 1], tmp_path, rows=["vkd"], fractions=[0.1])
+    assert [(run.row.name, run.cell, run.seed) for run in runs] == [("vkd", tables.Cell("npz", 0.1), s) for s in (0, 1)]
+    assert runs[1].run_dir == tmp_path / "runs" / "vkd" / "npz-0.1" / "seed1"
+    assert runs[1].train_argv(grid, "--data.root data/{dataset}.npz --data.subset-seed {seed}") == [
+        "--config", str(paper_folder / "protocol.yaml"), "--config", str(paper_folder / "rows" / "vkd.yaml"),
+        "--dataset", "npz", "--data-frac", "0.1", "--seed", "1", "--run-dir", str(runs[1].run_dir),
+        "--data.root", "data/npz.npz", "--data.subset-seed", "1",
+    ]  # fmt: skip
+
+
 def test_runner_errors_are_one_line(paper_folder, tmp_path):
     with pytest.raises(SystemExit, match=r"^error: no row 'vkd-x' in the grid; rows: da, vkd$"):
         tables.main(["--grid", str(paper_folder / "grid.yaml"), "--out", str(tmp_path), "--rows", "vkd-x", "--collect"])
