@@ -526,9 +526,12 @@ def main(argv: Sequence[str] | None = None) -> list[Summary]:
     args = parser.parse_args(own)
     from genkd.checkpoint import CheckpointError
     from genkd.config import ConfigError
+    from genkd.teachers import TeacherError
+    from genkd.train import NonFiniteLossError  # what an in-process run may raise besides the evaluation's errors
 
     try:
-        errors = (TablesError, ConfigError, CheckpointError, subprocess.CalledProcessError, *evaluation_errors())
+        errors = (TablesError, ConfigError, CheckpointError, TeacherError, NonFiniteLossError,
+                  subprocess.CalledProcessError, *evaluation_errors())  # fmt: skip
     except TablesError as error:
         sys.exit(f"error: {error}")
     try:
