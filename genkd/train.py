@@ -36,6 +36,7 @@ from genkd.evaluation import EvaluationError, Evaluator
 from genkd.metrics.inception import InceptionWeightsError
 from genkd.models.biggan import build_models
 from genkd.regularizers import Regularizers
+from genkd.sampling import sampling_mode
 from genkd.preemption import GracefulStop, Preempted, stop_message
 from genkd.teachers import TeacherError
 
@@ -92,9 +93,12 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 
 @torch.no_grad()
-def save_sample_grid(generator, noise, labels, path: Path, columns: int) -> None:
-    """Fixed noise, one row per class, so grids of one run are comparable across steps."""
-    images = torch.cat([generator(z, y) for z, y in zip(noise.split(500), labels.split(500))])
+def save_sample_grid(generator, noise, labels, path: Path, columns: int, mode: str, batch_size: int) -> None:
+    """Fixed noise, one row per class, so grids of one run are comparable across steps; drawn in ``eval.sample_mode``
+    (the reference's sample sheets, like its evaluation, use G_ema in train mode) in batches of
+    ``eval.sample_batch_size``."""
+    with sampling_mode(generator, mode):
+        images = torch.cat([generator(z, y) for z, y in zip(noise.split(batch_size), labels.split(batch_size))])
     save_image(images.float(), path, nrow=columns, normalize=True, value_range=(-1, 1))
 
 
@@ -163,6 +167,7 @@ def run_training(argv, stop: GracefulStop) -> None:
         (run_dir / "samples").mkdir(exist_ok=True)
     accelerator.init_trackers("tensorboard")
     columns = 10
+    sample_settings = (cfg.eval.sample_mode, cfg.eval.sample_batch_size)
     grid_generator = torch.Generator().manual_seed(cfg.seed)
     grid_noise = torch.randn(num_classes * columns, cfg.model.z_dim, generator=grid_generator).to(device)
     grid_labels = torch.arange(num_classes).repeat_interleave(columns).to(device)
@@ -253,7 +258,8 @@ def run_training(argv, stop: GracefulStop) -> None:
             accelerator.log(logs, step=step)
             progress.set_postfix({key.split("/")[1]: f"{value:.3f}" for key, value in logs.items()})
         if accelerator.is_main_process and (step % cfg.train.sample_every == 0 or step == cfg.train.steps):
-            save_sample_grid(generator_ema, grid_noise, grid_labels, run_dir / "samples" / f"{step:07d}.png", columns)
+            grid_path = run_dir / "samples" / f"{step:07d}.png"
+            save_sample_grid(generator_ema, grid_noise, grid_labels, grid_path, columns, *sample_settings)
         if evaluator and (step % cfg.eval.every == 0 or step == cfg.train.steps):
             stop_if_diverged(nonfinite)
             metrics = evaluator(generator_ema, num_classes)  # its own seeded noise: the training stream is untouched

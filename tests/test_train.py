@@ -34,6 +34,22 @@ def test_run_writes_samples_events_checkpoint_config_and_subset(tiny_run, tmp_pa
     assert (run_dir / "config.yaml").is_file() and (run_dir / "subset_indices.json").is_file()
 
 
+def test_sample_grids_follow_the_sampling_mode_and_write_nothing_into_the_generator(tiny_run, tmp_path):
+    """Grids in train mode (the reference's sample sheets) use batch statistics, so they differ from eval-mode grids of
+    the same generator; drawing them leaves every state of the run unchanged."""
+    import numpy as np
+    from PIL import Image
+
+    for mode in ("train", "eval"):
+        train.main(tiny_run(mode, "--train.steps", "2", "--eval.sample-mode", mode))
+    grids = {mode: np.asarray(Image.open(tmp_path / mode / "samples" / "0000002.png")) for mode in ("train", "eval")}
+    assert grids["train"].shape == grids["eval"].shape and not np.array_equal(grids["train"], grids["eval"])
+    states = {mode: load_checkpoint(tmp_path / mode) for mode in ("train", "eval")}
+    for key in ("G", "D", "G_ema"):
+        for name, value in states["train"][key].items():
+            assert torch.equal(value, states["eval"][key][name]), f"{key}.{name} depends on the grid's mode"
+
+
 def test_resume_is_exact(tiny_run, tmp_path):
     train.main(tiny_run("straight", "--train.steps", "4"))
     train.main(tiny_run("halves", "--train.steps", "2"))
