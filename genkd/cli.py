@@ -16,9 +16,11 @@ VERBS = {
     "train": ("genkd.train", "train a class-conditional BigGAN (+ DiffAugment, optional VkD distillation)"),
     "sample": ("genkd.sample", "write N images of a trained generator to a PNG folder or an .npz"),
     "evaluate": ("genkd.evaluate", "FID, KID, IS, precision/recall/density/coverage of a run, folder or .npz"),
-    "compare": ("genkd.tables", "run and tabulate a set of experiments (paper tables)"),
+    "compare": ("genkd.tables", "train (or collect) and tabulate the paper grid: FID / IS over seeds beside published"),
+    "compare-norms": ("genkd.compare_norms", "runs with distill.norm none / layernorm / whitening side by side"),
     "train-classifier": ("genkd.train_classifier", "train or distil a CIFAR classifier (the classifier track)"),
-    "convert": ("genkd.convert", "convert a reference implementation's checkpoint to a genkd run"),
+    "compare-classifier": ("genkd.classifier.tables", "run and tabulate the classifier grid: top-1 over seeds"),
+    "convert": ("genkd.convert", "convert a reference BigGAN-CIFAR checkpoint (G, G_ema, D) into a genkd run"),
     "export": ("genkd.export", "save a run's EMA generator with save_pretrained (safetensors), optionally push it"),
 }
 

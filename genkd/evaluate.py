@@ -1,9 +1,10 @@
 """``genkd evaluate``: FID, KID, IS, precision, recall, density and coverage of a run, a checkpoint, an image folder or
 an ``.npz`` of samples; the history plot of a run; reference statistics for pytorch-fid / clean-fid.
 
-    genkd evaluate runs/cifar10-0.1                       # EMA generator of checkpoints/last.pt -> metrics.json
-    genkd evaluate runs/x/checkpoints/best.pt --num-samples 10000 --repeat 3     # mean +- std over 3 sample seeds
-    genkd evaluate samples.npz --dataset cifar10          # arr_0: uint8 (N, H, W, 3), as guided-diffusion writes
+    genkd evaluate runs/cifar10-0.1                       # EMA generator of best.pt, else last.pt -> metrics.json
+    genkd evaluate runs/cifar10-0.1 --checkpoint last     # ... of checkpoints/last.pt -> metrics_last.json
+    genkd evaluate runs/x/checkpoints/step_050000.pt --num-samples 10000 --repeat 3   # mean +- std over 3 sample seeds
+    genkd evaluate samples.npz --dataset cifar10          # arr_0 (guided-diffusion, clean-fid, genkd sample) or x
     genkd evaluate my_samples/ --dataset cifar10 --data-root data --out my_samples.json
     genkd evaluate runs/x --plot                          # runs/x/metrics.png from runs/x/metrics.jsonl
     genkd evaluate --export-stats cifar10_test.npz --dataset cifar10     # mu / sigma for pytorch-fid, clean-fid
@@ -11,9 +12,17 @@ an ``.npz`` of samples; the history plot of a run; reference statistics for pyto
     accelerate launch -m genkd.evaluate runs/x            # sampling and Inception spread over the GPUs
 
 A run is compared with its own dataset (its config.yaml) unless --data.* says otherwise; images with --data.*
-(default: CIFAR-10 under data/). The record in metrics.json holds the metrics under their plain keys (``metrics``),
-under names with the sample count (``counted``: fid10k, kid10k, ...), and what they were computed from, so that
-eval/compare_norms.py can tell whether they are up to date.
+(default: CIFAR-10 under data/). A run directory is evaluated from checkpoints/best.pt (the best-FID EMA generator of
+the evaluations during training, as the reference reports) when it has one, else last.pt; the checkpoint evaluated is
+printed with its step. The record goes to metrics.json of the run for that choice, metrics_<name>.json for another
+checkpoint, metrics.json in an image folder and metrics_<name>.json beside an .npz; it holds the metrics under their
+plain keys (``metrics``), under names with the sample count (``counted``: fid10k, kid10k, ...), and what they were
+computed from, so that genkd.tables / eval/compare_norms.py can tell whether they are up to date.
+
+A folder or .npz file must hold at least eval.num_samples images (a seeded subset of that many is used when it holds
+more); greyscale, palette and opaque RGBA images are converted to RGB with a note, anything else that is not a
+readable RGB image stops the evaluation with one line. SIGTERM / SIGINT / SIGUSR1 stop it where it is with exit status
+75; nothing is written unless every metric was computed, and the file is replaced atomically.
 """
 import json
 import sys
@@ -23,13 +32,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genkd.checkpoint import CheckpointError, load_generator
+from genkd.checkpoint import GENERATOR_CHECKPOINTS, CheckpointError, generator_checkpoint, load_generator
 from genkd.config import Config, ConfigError, help_text, load_config, save_config, source_comments, wants_help
 from genkd.data import DataError
 from genkd.defaults import ALIASES, CHECKS, CHOICES, DEFAULTS
-from genkd.evaluation import EvaluationError, Evaluator, counted, load_image_folder, load_npz_samples, plot_history
+from genkd.evaluation import EvaluationError, Evaluator, counted, load_images, plot_history, select_images
 from genkd.metrics import METRIC_KEYS, InceptionWeightsError, save_random_inception_weights
 from genkd.metrics.inception import file_identity
+from genkd.preemption import EXIT_PREEMPTED, GracefulStop, Preempted
 
 EVAL_ALIASES = {
     **ALIASES,
@@ -42,6 +52,7 @@ ERRORS = (CheckpointError, ConfigError, DataError, EvaluationError, InceptionWei
 OPTIONS = {  # this command's own options: name -> (takes a value, help)
     "--out": (True, "FILE: where the record goes (default: metrics.json beside the run or the images)"),
     "--device": (True, "cpu | cuda | cuda:1: evaluate in this process only (default: accelerate's choice)"),
+    "--checkpoint": (True, f"{'|'.join(GENERATOR_CHECKPOINTS)}: of a run directory (default auto: best.pt, else last.pt)"),
     "--repeat": (True, "R: evaluate a generator R times (sample seeds eval.seed .. eval.seed + R - 1), mean +- std"),
     "--plot": (False, "plot RUN_DIR/metrics.jsonl (evaluations during training) to RUN_DIR/metrics.png; no evaluation"),
     "--export-stats": (True, "FILE.npz: write the reference statistics (mu, sigma float64) for pytorch-fid / clean-fid"),
@@ -62,20 +73,20 @@ def evaluation_settings(cfg: Config, weights: Path) -> dict:
     }
 
 
-def locate(source: Path) -> tuple[str, Path, Path]:
-    """(kind, checkpoint / folder / npz, default output file) of a run directory, checkpoint, image folder or .npz."""
+def locate(source: Path, which: str = "auto") -> tuple[str, Path, Path]:
+    """(kind, checkpoint / folder / npz, default output file) of a run directory (its checkpoint ``which``), a
+    checkpoint file, an image folder or an .npz of images. metrics.json of a run always describes its ``auto`` choice."""
     if not source.exists():
         raise EvaluationError(
             f"{source} not found: pass a run directory, a checkpoint (.pt) file, an image folder or a samples .npz"
         )
-    if source.is_file() and source.suffix == ".npz":
-        return "npz", source, source.with_suffix(".json")
-    if source.is_file():
-        run_dir = source.parent.parent if source.parent.name == "checkpoints" else source.parent
-        name = "metrics.json" if source.name == "last.pt" else f"metrics_{source.stem}.json"
-        return "checkpoint", source, run_dir / name
-    if (source / "config.yaml").is_file() or (source / "checkpoints").is_dir():
-        return "checkpoint", source / "checkpoints" / "last.pt", source / "metrics.json"
+    if source.is_file() and source.suffix == ".npz":  # generated images: genkd sample, clean-fid, BigGAN-PyTorch
+        return "npz", source, source.with_name(f"metrics_{source.stem}.json")
+    if source.is_file() or (source / "config.yaml").is_file() or (source / "checkpoints").is_dir():
+        checkpoint = generator_checkpoint(source, which)
+        run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+        reported = checkpoint.resolve() == generator_checkpoint(run_dir).resolve()
+        return "checkpoint", checkpoint, run_dir / ("metrics.json" if reported else f"metrics_{checkpoint.stem}.json")
     return "images", source, source / "metrics.json"
 
 
@@ -98,38 +109,48 @@ def mean_and_std(runs: list[dict]) -> tuple[dict, dict]:
 
 
 def evaluate_source(
-    source: str | Path, overrides=(), out: str | Path | None = None, device=None, accelerator=None, repeat: int = 1
-):
-    """Evaluate, write the record to ``out`` (main process) and return it."""
-    kind, path, default_out = locate(Path(source))
+    source: str | Path, overrides=(), out: str | Path | None = None, device=None, accelerator=None, repeat: int = 1,
+    which: str = "auto",
+):  # fmt: skip
+    """Evaluate (a run directory: its checkpoint ``which``), write the record to ``out`` (main process), return it."""
+    kind, path, default_out = locate(Path(source), which)
     if repeat < 1 or (repeat > 1 and kind != "checkpoint"):
         raise ConfigError(f"--repeat {repeat}: repeats need a generator (run or checkpoint) and R >= 1")
+    main_process = accelerator is None or accelerator.is_main_process
+    report = print if main_process else lambda line: None
+    step = None
     if kind == "checkpoint":
-        generator, run_cfg, num_classes = load_generator(path, device or (accelerator.device if accelerator else "cpu"))
+        generator, run_cfg, num_classes, _, step = load_generator(
+            path, device or (accelerator.device if accelerator else "cpu")
+        )
+        report(f"checkpoint {path} (step {step})")
         cfg = resolve_config(run_cfg, list(overrides))
     else:
         cfg = resolve_config(None, list(overrides))
     evaluator = Evaluator(cfg, accelerator, device)
     if kind == "checkpoint":
         runs = [evaluator(generator, num_classes, seed=cfg.eval.seed + index) for index in range(repeat)]
-        count = cfg.eval.num_samples
     else:
-        images = load_npz_samples(path) if kind == "npz" else load_image_folder(path)
-        runs, count = [evaluator.evaluate_images(images)], len(images)
+        images = select_images(load_images(path, report), cfg.eval.num_samples, cfg.eval.seed, path, report)
+        runs = [evaluator.evaluate_images(images)]
+    count = cfg.eval.num_samples
     metrics, std = mean_and_std(runs)
     record = {
         "metrics": metrics,
         "counted": counted(metrics, count),
         "num_samples": count,
         "source": file_identity(path) if kind == "checkpoint" else {"path": str(path.resolve()), "kind": kind},
+        "step": step,  # of the checkpoint; None for images
         "settings": evaluation_settings(cfg, evaluator.weights),
     }
     if repeat > 1:
         record.update(repeat=repeat, std=std, runs=runs)
-    if accelerator is None or accelerator.is_main_process:
+    if main_process:
         out = Path(out) if out else default_out
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(record, indent=2) + "\n")
+        temp = out.with_name(f".{out.name}.tmp")  # a stop or crash while writing leaves no partial file
+        temp.write_text(json.dumps(record, indent=2) + "\n")
+        temp.replace(out)
         title = f"{source} vs {cfg.data.dataset} {cfg.eval.split}" + (f", {repeat} seeds" if repeat > 1 else "")
         print(format_table(metrics, count, f"{title} -> {out}", std if repeat > 1 else None))
     return record
@@ -180,9 +201,10 @@ def run(argv: list[str]) -> None:
         from accelerate import Accelerator
 
         accelerator = Accelerator()
+    which = options.get("--checkpoint", "auto")
     if "--export-stats" in options:
-        kind, path, _ = locate(Path(source)) if source else (None, None, None)
-        run_cfg = load_generator(path)[1] if kind == "checkpoint" else None  # a run: its own dataset
+        kind, path, _ = locate(Path(source), which) if source else (None, None, None)
+        run_cfg = load_generator(path).config if kind == "checkpoint" else None  # a run: its own dataset
         evaluator = Evaluator(resolve_config(run_cfg, overrides), accelerator, options.get("--device"))
         if accelerator is None or accelerator.is_main_process:
             print(f"reference statistics (mu, sigma) -> {evaluator.export_reference(options['--export-stats'])}")
@@ -193,17 +215,22 @@ def run(argv: list[str]) -> None:
     if not str(repeat).isdigit():
         raise ConfigError(f"--repeat needs a whole number of evaluations, got {repeat!r}")
     with torch.no_grad():
-        evaluate_source(source, overrides, options.get("--out"), options.get("--device"), accelerator, int(repeat))
+        evaluate_source(source, overrides, options.get("--out"), options.get("--device"), accelerator, int(repeat), which)
 
 
 def main(argv: list[str] | None = None) -> None:
+    """SIGTERM / SIGINT / SIGUSR1 stop the evaluation where it is (nothing is written) with exit status 75."""
     argv = sys.argv[1:] if argv is None else argv
     if wants_help(argv):
         return print(evaluate_help())
     try:
-        run(argv)
+        with GracefulStop(immediate=True):
+            run(argv)
     except ERRORS as error:
         sys.exit(f"error: {error}")
+    except Preempted as stopped:
+        print(f"evaluation {stopped}: nothing written; run the same command again", file=sys.stderr)
+        raise SystemExit(EXIT_PREEMPTED) from None
 
 
 if __name__ == "__main__":

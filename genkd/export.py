@@ -19,7 +19,8 @@ import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
-from genkd.checkpoint import CheckpointError, load_checkpoint
+from genkd.checkpoint import GENERATOR_CHECKPOINTS, CheckpointError, load_generator
+from genkd.defaults import DEFAULTS
 
 
 class ExportError(RuntimeError):
@@ -38,15 +39,16 @@ class GenkdGenerator(
 ):
     """A genkd BigGAN generator G(z, y) with ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub``.
 
-    ``sample_mode``: the batch-norm mode samples are meant to be drawn in (the run's ``eval.sample_mode``).
+    ``sample_mode`` / ``sample_batch_size``: how samples are meant to be drawn (the run's ``eval.sample_mode`` and
+    ``eval.sample_batch_size``; genkd/sampling.py).
     """
 
-    def __init__(self, model: dict, num_classes: int, sample_mode: str = "eval"):
+    def __init__(self, model: dict, num_classes: int, sample_mode: str = "train", sample_batch_size: int = 50):
         super().__init__()
         from genkd.models.biggan import build_models
 
         self.generator = build_models(model, num_classes)[0]
-        self.num_classes, self.sample_mode = num_classes, sample_mode
+        self.num_classes, self.sample_mode, self.sample_batch_size = num_classes, sample_mode, sample_batch_size
 
     @property
     def z_dim(self) -> int:
@@ -56,18 +58,20 @@ class GenkdGenerator(
         return self.generator(z, y)
 
 
-def from_run(run_dir_or_checkpoint: str | Path) -> GenkdGenerator:
-    """The EMA generator of a run directory (checkpoints/last.pt) or a checkpoint file, in eval mode."""
-    state = load_checkpoint(run_dir_or_checkpoint)
-    cfg = state["config"]
-    model = GenkdGenerator(dict(cfg["model"]), state["num_classes"], cfg.get("eval", {}).get("sample_mode", "eval"))
-    model.generator.load_state_dict(state["G_ema"])
+def from_run(run_dir_or_checkpoint: str | Path, which: str = "auto") -> GenkdGenerator:
+    """The EMA generator of a run directory (its checkpoint ``which``: best.pt when it has one, else last.pt) or a
+    checkpoint file, in eval mode."""
+    loaded = load_generator(run_dir_or_checkpoint, "cpu", which)
+    eval_cfg = {**DEFAULTS["eval"], **loaded.config.get("eval", {})}
+    model = GenkdGenerator(dict(loaded.config["model"]), loaded.num_classes, eval_cfg["sample_mode"],
+                           eval_cfg["sample_batch_size"])  # fmt: skip
+    model.generator.load_state_dict(loaded.generator.state_dict())
     return model.eval()
 
 
-def export(source: str | Path, out: str | Path, push_to_hub: str | None = None) -> Path:
+def export(source: str | Path, out: str | Path, push_to_hub: str | None = None, which: str = "auto") -> Path:
     """Write ``out`` (config.json, model.safetensors, README.md); optionally push it to the Hub repo ``push_to_hub``."""
-    model = from_run(source)
+    model = from_run(source, which)
     out = Path(out)
     model.save_pretrained(out)
     if push_to_hub:
@@ -84,12 +88,14 @@ def export(source: str | Path, out: str | Path, push_to_hub: str | None = None) 
 
 def main(argv=None) -> Path | None:
     parser = argparse.ArgumentParser(prog="genkd export", description="Export a run's EMA generator (safetensors).")
-    parser.add_argument("source", type=Path, help="run directory (checkpoints/last.pt) or a checkpoint .pt")
+    parser.add_argument("source", type=Path, help="run directory or a checkpoint .pt")
+    parser.add_argument("--checkpoint", choices=GENERATOR_CHECKPOINTS, default="auto",
+                        help="of a run directory: auto = best.pt when the run has one, else last.pt")  # fmt: skip
     parser.add_argument("--out", type=Path, required=True, help="folder to write (config.json, model.safetensors)")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload to this Hugging Face Hub repository")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        out = export(args.source, args.out, args.push_to_hub)
+        out = export(args.source, args.out, args.push_to_hub, args.checkpoint)
     except ERRORS as error:
         sys.exit(f"error: {error}")
     print(f"exported {args.source} -> {out}" + (f" and {args.push_to_hub}" if args.push_to_hub else ""))

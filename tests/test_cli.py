@@ -11,7 +11,7 @@ import pytest
 import genkd  # noqa: F401  (before anything that imports torchvision)
 from genkd import cli, train, train_classifier
 from genkd.config import ConfigError, source_comments
-from genkd.data import DataError, load_arrays, packaged_dataset_path
+from genkd.data import DataError, draw_subset, load_arrays, packaged_dataset_path
 from genkd.defaults import DEFAULTS, gan_config, per_process_batch
 from genkd.trackers import build_trackers, hyperparameters, tracker_names
 
@@ -34,11 +34,22 @@ def test_help_lists_every_key_of_the_defaults_table_with_its_comment(verb, table
     assert "accepted: cifar10, cifar100, cifar10-sample, npz, folder" in page
 
 
+@pytest.mark.parametrize("verb", list(cli.VERBS))
+def test_every_verb_answers_help(verb, capsys):
+    try:
+        cli.main([verb, "--help"])
+    except SystemExit as stop:  # argparse-based verbs exit 0 after printing
+        assert stop.code in (0, None), stop.code
+    page = capsys.readouterr().out
+    assert page.startswith("usage:") and len(page.splitlines()) > 5
+
+
 def test_comments_come_from_the_defaults_source():
     comments = source_comments("genkd.defaults")
     assert comments["train.batch_size"] == "per process"
     assert comments["eval.kid_subsets"].startswith("KID: random subsets averaged")
-    assert "seed" not in comments and set(comments) <= set(leaf_keys(DEFAULTS))
+    assert comments["reg"].startswith("discriminator regularisers")  # a section's comment heads its --help block
+    assert "seed" not in comments and set(comments) <= {*leaf_keys(DEFAULTS), *DEFAULTS}
 
 
 def test_python_m_genkd_train_help_runs(tmp_path):
@@ -88,6 +99,12 @@ def test_the_embedded_cifar10_sample_is_real_small_and_complete():
     assert np.bincount(labels).tolist() == [200] * 10
     with np.load(path) as data:
         assert (data["y_train_full"][data["train_index"]] == data["y_train"]).all() and len(data["y_train_full"]) == 50_000
+        train_index = data["train_index"]
+    # the reference subset is drawn over the 50,000 official indices and keeps the sample's share of it
+    with pytest.warns(UserWarning, match=r"holds \d+ of the 5000 images of the reference subset"):
+        held, official = draw_subset(gan_config(["--dataset", "cifar10-sample", "--data-frac", "0.1"]).data, labels)
+    reference = np.random.RandomState(0).choice(50_000, 5000, replace=False)
+    assert np.array_equal(official, train_index[held]) and set(official) == set(reference) & set(train_index)
     assert gan_config(["--config", str(ROOT / "configs" / "quickstart.yaml")]).data.dataset == "cifar10-sample"
     with pytest.raises(DataError, match="unknown data.dataset 'cifar10-smaple'"):
         load_arrays({"dataset": "cifar10-smaple", "root": ""}, "train")
@@ -99,7 +116,7 @@ def test_training_appends_evaluations_to_metrics_jsonl_and_plots_them(tmp_path):
     weights = save_random_inception_weights(tmp_path / "random-inception.pth")
     run = tmp_path / "run"
     train.main([
-        "--run-dir", str(run), "--dataset", "cifar10-sample", "--data-frac", "0.01",
+        "--run-dir", str(run), "--dataset", "cifar10-sample", "--data-frac", "0.01", "--data.subset", "permutation",
         "--model.g-width", "4", "--model.d-width", "4", "--model.z-dim", "8", "--model.shared-dim", "8",
         "--train.global-batch-size", "6", "--train.d-steps", "1", "--train.steps", "2", "--train.ema-start", "1",
         "--train.log-every", "1", "--train.sample-every", "2", "--train.ckpt-every", "2",

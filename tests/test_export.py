@@ -24,7 +24,7 @@ def test_from_pretrained_of_save_pretrained_gives_identical_samples(run_dir, tmp
     config = json.loads((out / "config.json").read_text())
     assert config["num_classes"] == 10 and config["model"]["g_width"] == 4
     loaded = GenkdGenerator.from_pretrained(str(out), strict=True).eval()
-    original, _, _ = load_generator(run_dir)
+    original = load_generator(run_dir).generator
     z, y = torch.randn(16, original.z_dim, generator=torch.Generator().manual_seed(0)), torch.arange(16) % 10
     with torch.no_grad():
         assert torch.equal(loaded(z, y), original(z, y))

@@ -97,13 +97,13 @@ def test_npz_samples_score_as_the_same_images_in_a_folder(inception_weights, cac
         Image.fromarray(image).save(tmp_path / "folder" / f"{index:04d}.png")
     overrides = ["--dataset", "cifar10-sample", "--eval.inception-weights", str(inception_weights),
                  "--eval.cache-dir", str(cache_dir), "--eval.reference-images", "12",
-                 "--eval.kid-subsets", "7", "--eval.kid-subset-size", "10"]  # fmt: skip
+                 "--eval.kid-subsets", "7", "--eval.kid-subset-size", "10", "--num-samples", str(COUNT)]  # fmt: skip
     from_npz = evaluate.evaluate_source(tmp_path / "samples.npz", overrides, device="cpu")
     from_folder = evaluate.evaluate_source(tmp_path / "folder", overrides, device="cpu")
     assert from_npz["metrics"] == from_folder["metrics"]
-    assert json.loads((tmp_path / "samples.json").read_text())["counted"]["fid12"] == from_npz["metrics"]["fid"]
-    np.savez(tmp_path / "bad.npz", images=images)
-    with pytest.raises(EvaluationError, match="has no arr_0"):
+    assert json.loads((tmp_path / "metrics_samples.json").read_text())["counted"]["fid12"] == from_npz["metrics"]["fid"]
+    np.savez(tmp_path / "bad.npz", pictures=images)
+    with pytest.raises(EvaluationError, match="has no images under x, images, arr_0"):
         evaluate.evaluate_source(tmp_path / "bad.npz", overrides, device="cpu")
 
 
