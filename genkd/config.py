@@ -189,3 +189,121 @@ def config_and_resume(argv: Sequence[str], build_config: Callable[..., Config]) 
 
 def save_config(cfg: Config, path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+# ---------------------------------------------------------------- --help, generated from the defaults table
+#
+# The explanation of every key is the ``# comment`` written after it in its defaults table (genkd/defaults.py,
+# genkd/train_classifier.py): that table stays the one place where a key, its default and its meaning are written, and
+# --help reads the comments back from the module's source with ``tokenize`` (a block of comment lines just above a key
+# counts too, as for the classifier's per-method sections). Types, defaults, choices and checks come from the live
+# tables themselves.
+
+HELP_FLAGS = ("--help", "-h")
+
+
+def wants_help(argv: Sequence[str]) -> bool:
+    return any(arg in HELP_FLAGS for arg in argv)
+
+
+def source_comments(module: str, variable: str = "DEFAULTS", prefix: str = "") -> dict[str, str]:
+    """``{"section.key": comment}`` of the dict literal assigned to ``variable`` at the top level of ``module``."""
+    import ast
+    import importlib.util
+    import io
+    import tokenize
+
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.origin or not Path(spec.origin).is_file():
+        return {}
+    trailing, standalone, code = {}, {}, []
+    for token in tokenize.generate_tokens(io.StringIO(Path(spec.origin).read_text()).readline):
+        if token.type == tokenize.COMMENT:
+            text = token.string.lstrip("#").strip()
+            (standalone if token.line.lstrip().startswith("#") else trailing)[token.start[0]] = text
+        elif token.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT):
+            code.append(token)
+    start = next(
+        (i for i in range(len(code) - 2) if code[i].string == variable and code[i].start[1] == 0
+         and code[i + 1].string == "=" and code[i + 2].string == "{"),
+        None,
+    )  # fmt: skip
+    comments: dict[str, str] = {}
+    if start is None:
+        return comments
+    brackets: list[str | None] = []  # per open bracket: the path of the key whose value it opens (None: no key)
+    key, lines_with_a_key = None, set()
+    for index in range(start + 2, len(code)):
+        token = code[index]
+        if token.type == tokenize.OP and token.string in "{[(":
+            brackets.append(key if token.string == "{" and code[index - 1].string == ":" else None)
+        elif token.type == tokenize.OP and token.string in "}])":
+            brackets.pop()
+            if not brackets:
+                break
+        elif (
+            token.type == tokenize.STRING
+            and code[index + 1].string == ":"
+            and code[index - 1].string in ("{", ",")
+            and all(path is not None for path in brackets[1:])
+        ):
+            parent = brackets[-1] if len(brackets) > 1 else None
+            key = f"{parent}.{ast.literal_eval(token.string)}" if parent else prefix + ast.literal_eval(token.string)
+            line = token.start[0]
+            if line in lines_with_a_key:  # a comment explains the first key of its line
+                continue
+            lines_with_a_key.add(line)
+            above = []
+            while line - 1 - len(above) in standalone:
+                above.insert(0, standalone[line - 1 - len(above)])
+            if line in trailing or above:
+                comments[key] = trailing.get(line) or " ".join(above)
+    return comments
+
+
+def _leaves(tree: Mapping, prefix: str = ""):
+    for name, value in tree.items():
+        if isinstance(value, Mapping):
+            yield from _leaves(value, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", value
+
+
+def _type_name(default: Any) -> str:
+    if default is None:
+        return "VALUE"
+    if isinstance(default, (list, tuple)):
+        return "LIST"
+    return {bool: "BOOL", int: "INT", float: "FLOAT", str: "STR"}.get(type(default), type(default).__name__.upper())
+
+
+def help_text(
+    usage: str,
+    defaults: Mapping,
+    comments: Mapping[str, str] = (),
+    choices: Mapping[str, Sequence] = (),
+    checks: Mapping[str, tuple[Callable[[Any], bool], str]] = (),
+    aliases: Mapping[str, str] = (),
+) -> str:
+    """The --help page: ``usage``, then one entry per key of ``defaults`` (type, default, comment, choices, range)."""
+    comments, choices, checks = dict(comments), dict(choices), dict(checks)
+    short = {}
+    for alias, path in dict(aliases).items():
+        short.setdefault(path, []).append(f"--{alias}")
+    lines, section = [usage.rstrip(), "", "Options (any key of the defaults table; in a --config YAML file too):"], None
+    for path, default in _leaves(defaults):
+        head = path.rpartition(".")[0]
+        if head != section and head:
+            section = head
+            lines.append(f"\n  [{head}]" + (f"  {comments[head]}" if head in comments else ""))
+        flag = "--" + path.replace("_", "-")
+        also = f" (or {', '.join(short[path])})" if path in short else ""
+        lines.append(f"  {flag} {_type_name(default)}{also}  default: {default!r}")
+        notes = [comments.get(path, "")]
+        if path in choices:
+            notes.append("accepted: " + ", ".join(map(str, choices[path])))
+        if path in checks:
+            notes.append("expected: " + checks[path][1])
+        lines.extend(f"      {note}" for note in notes if note)
+    lines.append("\n  --config FILE  a YAML file of sections (repeatable; later files and then --key values win)")
+    return "\n".join(lines)

@@ -43,6 +43,9 @@ from tqdm import tqdm
 
 IMAGE_SIZE = 32
 SUBSET_FILE = "subset_indices.json"
+# Real data shipped inside the package (genkd/sample_data, built by scripts/make_cifar10_sample.py): the quickstart
+# runs offline on a fresh install. Read as the npz dataset; data.root is ignored.
+PACKAGED_DATASETS = {"cifar10-sample": "cifar10-sample.npz"}
 TORCHVISION_DATASETS = {
     "cifar10": ("CIFAR-10", torchvision.datasets.CIFAR10, "cifar-10-batches-py"),
     "cifar100": ("CIFAR-100", torchvision.datasets.CIFAR100, "cifar-100-python"),
@@ -62,10 +65,19 @@ def load_arrays(data_cfg: Mapping, split: str) -> tuple[np.ndarray, np.ndarray, 
         return _load_torchvision(dataset, data_cfg["root"], split, data_cfg["download"])
     if dataset == "npz":
         return _load_npz(data_cfg["root"], split)
+    if dataset in PACKAGED_DATASETS:
+        return _load_npz(str(packaged_dataset_path(dataset)), split)
     if dataset == "folder":
         return _load_folder(data_cfg["root"], split)
-    accepted = ", ".join([*TORCHVISION_DATASETS, "npz", "folder"])
+    accepted = ", ".join([*TORCHVISION_DATASETS, *PACKAGED_DATASETS, "npz", "folder"])
     raise DataError(f"unknown data.dataset {dataset!r}; accepted: {accepted}")
+
+
+def packaged_dataset_path(name: str) -> Path:
+    """The file of a dataset shipped in genkd/sample_data."""
+    from importlib.resources import files
+
+    return Path(str(files("genkd") / "sample_data" / PACKAGED_DATASETS[name]))
 
 
 def _load_torchvision(dataset: str, root: str, split: str, download: bool):
@@ -200,6 +212,8 @@ def official_order(data_cfg: Mapping, labels: np.ndarray) -> OfficialOrder:
     """
     labels = np.asarray(labels, dtype=np.int64)
     dataset, root = data_cfg["dataset"], data_cfg["root"]
+    if dataset in PACKAGED_DATASETS:  # an npz with train_index / y_train_full, shipped in the package
+        dataset, root = "npz", str(packaged_dataset_path(dataset))
     identity = OfficialOrder(np.arange(len(labels), dtype=np.int64), labels, f"{dataset} {root}")
     if dataset == "npz":
         with np.load(root) as data:

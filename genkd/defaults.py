@@ -2,13 +2,13 @@
 
 The defaults are the paper protocol (DiffAugment BigGAN-CIFAR, as used by KD-DLGAN and VkD) on CIFAR-10 at 100 %.
 """
-from genkd.config import Config, load_config
+from genkd.config import Config, ConfigError, help_text, load_config, source_comments
 
 DEFAULTS = {
     "run_dir": "",  # "" = runs/<dataset>-<frac>[-kd-<norm>]
     "seed": 0,
     "data": {
-        "dataset": "cifar10",  # cifar10 | cifar100 (torchvision) | npz (a file like ../shared/data/cifar10.npz) | folder
+        "dataset": "cifar10",  # cifar10 | cifar100 (torchvision) | cifar10-sample (in the package) | npz (a file) | folder
         "root": "data",  # torchvision root, .npz path or image folder (one sub-folder per class)
         "download": True,  # torchvision datasets only; off = fail fast with a clear error when files are missing
         "frac": 1.0,  # fraction of the training set, in (0, 1]
@@ -43,6 +43,9 @@ DEFAULTS = {
         "log_every": 100,
         "sample_every": 1000,
         "ckpt_every": 5000,
+        "global_batch_size": 0,  # 0 = train.batch_size per process; N > 0 = N images over all processes (must divide)
+        "sync_batchnorm": False,  # G's batch norms share batch statistics across processes (torch SyncBatchNorm)
+        "trackers": "tensorboard",  # comma list of accelerate trackers (tensorboard, wandb, mlflow, aim, ...); "" = none
         "keep_checkpoints": 2,  # last.pt and the previous good ones (last.1.pt ...) to fall back on if it is damaged
     },
     "distill": {
@@ -80,6 +83,10 @@ DEFAULTS = {
         # reference's --batch_size 50 (with --parallel, DataParallel splits it over the GPUs: 25 each on its 2)
         "sample_batch_size": 50,
         "cache_dir": None,  # reference statistics cache; None = $XDG_CACHE_HOME/genkd or ~/.cache/genkd
+        "kid_subsets": 100,  # KID: random subsets averaged (torch-fidelity's kid_subsets)
+        "kid_subset_size": 1000,  # KID: images per subset, capped at the smaller set (torch-fidelity's kid_subset_size)
+        "fd_extractors": "",  # comma list of torch-fidelity extractors for more FDs, e.g. clip-vit-b-32,dinov2-vit-b-14
+        "fd_weights": "",  # comma list of extractor=path for those (offline); unnamed ones download when online
     },
     "reg": {  # discriminator regularisers (genkd/regularizers.py, sources there); a term is on when its weight is > 0
         "lecam_weight": 0.0,  # LeCam lambda (lecam-gan's and KD-DLGAN's lc-DiffAugment scripts: 0.3)
@@ -93,7 +100,7 @@ DEFAULTS = {
 }
 
 CHOICES = {
-    "data.dataset": ("cifar10", "cifar100", "npz", "folder"),
+    "data.dataset": ("cifar10", "cifar100", "cifar10-sample", "npz", "folder"),
     "data.subset": ("reference", "permutation"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
     "distill.method": ("vkd", "kd-dlgan", "clip-kd", "fitnets", "spkd", "pkt", "label"),
@@ -132,6 +139,9 @@ CHECKS = {
     "eval.sample_batch_size": (lambda n: n >= 1, "a batch size >= 1 (the reference samples 50 at a time)"),
     "eval.prdc_k": (lambda k: k >= 1, "a number of nearest neighbours >= 1"),
     "eval.reference_images": (lambda n: n >= 0, "a number of reference images >= 0 (0 = the whole split)"),
+    "train.global_batch_size": (lambda n: n >= 0, "a batch size over all processes >= 0 (0 = train.batch_size each)"),
+    "eval.kid_subsets": (lambda n: n >= 1, "a number of KID subsets >= 1"),
+    "eval.kid_subset_size": (lambda n: n >= 2, "a KID subset size >= 2"),
     "reg.lecam_weight": (lambda w: w >= 0.0, "a loss weight >= 0 (0 = off)"),
     "reg.lecam_decay": (lambda d: 0.0 <= d < 1.0, "a decay in [0, 1)"),
     "reg.lecam_start": (lambda n: n >= 0, "a generator step >= 0"),
@@ -157,6 +167,18 @@ def protocol_steps(dataset: str, frac: float) -> int:
     return table[min(table, key=lambda protocol_frac: abs(protocol_frac - frac))]
 
 
+USAGE = """usage: genkd train [--config FILE] [--resume RUN_DIR] [--section.key VALUE ...]
+       (also python -m genkd.train, accelerate launch [-m] genkd/train.py ...)
+
+Train a class-conditional BigGAN with DiffAugment on a fraction of a dataset, optionally distilling a frozen teacher
+into the discriminator (VkD). --resume RUN_DIR continues a run from its saved config.yaml and checkpoints/last.pt."""
+
+
+def gan_help() -> str:
+    """--help of the GAN trainer, generated from DEFAULTS (and its comments), CHOICES, CHECKS and ALIASES."""
+    return help_text(USAGE, DEFAULTS, source_comments(__name__), CHOICES, CHECKS, ALIASES)
+
+
 def gan_config(argv=(), base_files=()) -> Config:
     """The resolved GAN config: defaults, config files, command-line overrides; ``train.steps`` filled in."""
     cfg = load_config(DEFAULTS, argv, ALIASES, CHOICES, CHECKS, base_files)
@@ -166,3 +188,20 @@ def gan_config(argv=(), base_files=()) -> Config:
         distill = f"-kd-{cfg.distill.norm}" if cfg.distill.enabled else ""
         cfg.run_dir = f"runs/{cfg.data.dataset}-{cfg.data.frac:g}{distill}"
     return cfg
+
+
+def per_process_batch(train_cfg, num_processes: int) -> int:
+    """Images per process and step: ``train.global_batch_size / num_processes`` when set, else ``train.batch_size``.
+
+    The protocol's batch of 50 is a global batch (the reference trains on one GPU): ``--train.global-batch-size 50``
+    keeps it at any process count that divides it.
+    """
+    total = train_cfg["global_batch_size"]
+    if not total:
+        return train_cfg["batch_size"]
+    if total % num_processes:
+        raise ConfigError(
+            f"train.global_batch_size {total} does not split over {num_processes} processes: use a multiple of "
+            f"{num_processes}, another process count, or train.global_batch_size 0 and train.batch_size per process"
+        )
+    return total // num_processes

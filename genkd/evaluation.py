@@ -1,4 +1,5 @@
-"""FID, IS and precision/recall/density/coverage of a generator, or of a folder of images, against a dataset split.
+"""FID, KID, IS and precision/recall/density/coverage of a generator, an image folder or an ``.npz`` of samples,
+against a dataset split; optional FDs in the feature spaces of other torch-fidelity extractors (CLIP, DINOv2).
 
 The protocol of DiffAugment BigGAN-CIFAR, KD-DLGAN and VkD: ``eval.num_samples`` (10,000) class-balanced samples of
 the EMA generator (``eval.sample_mode``: by default batch statistics over batches of 50, as the reference; see
@@ -12,10 +13,17 @@ images (so dataset, root, split and subset), the extractor and the identity of t
 
     evaluator = Evaluator(cfg, accelerator)        # once; fails fast if the Inception weights are missing
     metrics = evaluator(generator_ema, num_classes)  # every process gets the same dict
+
+KID follows torch-fidelity (genkd/metrics/kid.py); ``export_reference`` writes the reference statistics as the
+``mu`` / ``sigma`` float64 ``.npz`` that pytorch-fid (``fid_score.compute_statistics_of_path``) and clean-fid
+(custom statistics) load. During training ``append_history`` adds each evaluation to RUN_DIR/metrics.jsonl and
+``plot_history`` draws it (RUN_DIR/metrics.png).
 """
 import hashlib
 import json
+import math
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -29,8 +37,10 @@ from torch import nn
 from genkd.data import load_arrays
 from genkd.metrics import (
     DEFAULTS,
+    KID,
     InceptionFeatures,
     compute_inception_score,
+    compute_kid,
     compute_prdc,
     extract_features,
     feature_statistics,
@@ -43,6 +53,12 @@ from genkd.sampling import gather_shares, process_share, sample_images
 
 CACHE_FORMAT = 1
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+HISTORY_FILE, HISTORY_PLOT = "metrics.jsonl", "metrics.png"
+# Panels of the history plot: (metric key, title); KID appears when the history holds it.
+HISTORY_PANELS = (("fid", "FID"), ("kid_mean", "KID"), ("is_mean", "IS"), ("precision", "precision"),
+                  ("recall", "recall"), ("density", "density"), ("coverage", "coverage"))  # fmt: skip
+# Short metric names with the sample count, as the field writes them (fid50k, kid50k, is50k, stylegan2-ada's style).
+COUNTED_NAMES = {"fid": "fid", "kid_mean": "kid", "kid_std": "kid", "is_mean": "is", "is_std": "is"}
 
 
 class EvaluationError(ValueError):
@@ -133,7 +149,7 @@ def load_image_folder(folder: str | Path, report=print) -> np.ndarray:
     return np.stack(images)
 
 
-NPZ_IMAGE_KEYS = ("x", "images", "arr_0")  # BigGAN-PyTorch's sample.py; a plain name; np.savez(path, array)
+NPZ_IMAGE_KEYS = ("x", "images", "arr_0")  # BigGAN-PyTorch's sample.py; a plain name; np.savez(path, array): guided-diffusion, clean-fid, genkd sample
 
 
 def load_image_npz(path: str | Path) -> np.ndarray:
@@ -185,16 +201,39 @@ def select_images(images: np.ndarray, count: int, seed: int, source, report=prin
     return images
 
 
-def compute_metrics(fake: InceptionFeatures, reference: ReferenceStatistics, prdc_k: int, device) -> dict[str, float]:
-    """All seven numbers from the fake set's one feature pass and the reference statistics."""
+def count_label(count: int) -> str:
+    """10000 -> '10k', 50000 -> '50k', 2500 -> '2.5k', 500 -> '500'."""
+    return f"{count / 1000:g}k" if count >= 1000 else str(count)
+
+
+def counted(metrics: Mapping[str, float], count: int) -> dict[str, float]:
+    """The metrics under names that say their sample count: fid10k, kid10k, kid10k_std, is10k, precision10k..."""
+    label = count_label(count)
+    named = {}
+    for key, value in metrics.items():
+        base = COUNTED_NAMES.get(key, key)
+        named[f"{base}{label}" + ("_std" if key.endswith("_std") else "")] = value
+    return named
+
+
+def compute_metrics(
+    fake: InceptionFeatures,
+    reference: ReferenceStatistics,
+    prdc_k: int,
+    device,
+    kid_subsets: int = KID["subsets"],
+    kid_subset_size: int = KID["subset_size"],
+) -> dict[str, float]:
+    """All nine numbers (METRIC_KEYS) from the fake set's one feature pass and the reference statistics."""
     if len(fake.pool) < max(DEFAULTS["is_splits"], prdc_k + 1):
         raise EvaluationError(
             f"{len(fake.pool)} images are too few: IS needs {DEFAULTS['is_splits']} and PRDC more than k = {prdc_k}"
         )
     fid = fid_from_features(reference.mean.to(device), reference.cov.to(device), fake.pool.to(device))
+    kid_mean, kid_std = compute_kid(fake.pool.to(device), reference.features.to(device), kid_subsets, kid_subset_size)
     is_mean, is_std = compute_inception_score(fake.logits)
     prdc = compute_prdc(reference.features.to(device), fake.pool.to(device), k=prdc_k, device=device)
-    return {"fid": fid, "is_mean": is_mean, "is_std": is_std, **prdc}
+    return {"fid": fid, "kid_mean": kid_mean, "kid_std": kid_std, "is_mean": is_mean, "is_std": is_std, **prdc}
 
 
 class Evaluator:
@@ -217,6 +256,9 @@ class Evaluator:
         else:
             self.weights = resolve_weights(self.eval_cfg["inception_weights"])
         self._inception: nn.Module | None = None
+        self.fd_extractors = parse_fd_extractors(self.eval_cfg.get("fd_extractors", ""), self.eval_cfg.get("fd_weights", ""))
+        self._fd_models: dict[str, nn.Module] = {}
+        self._fd_references: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._reference: ReferenceStatistics | None = None
         self.reference_was_cached: bool | None = None  # after the first reference(): read from the cache or computed
 
@@ -226,30 +268,69 @@ class Evaluator:
             self._inception = load_inception(self.weights, self.device)
         return self._inception
 
-    def __call__(self, generator: nn.Module, num_classes: int) -> dict[str, float]:
-        """Metrics of ``eval.num_samples`` class-balanced samples of ``generator`` (use the EMA copy)."""
+    def __call__(self, generator: nn.Module, num_classes: int, seed: int | None = None) -> dict[str, float]:
+        """Metrics of ``eval.num_samples`` class-balanced samples of ``generator`` (use the EMA copy); ``seed``
+        replaces ``eval.seed`` (repeated evaluations)."""
         count = self.eval_cfg["num_samples"]
         images, _ = sample_images(
             generator,
             num_classes,
             count,
             batch_size=self.eval_cfg["sample_batch_size"],
-            seed=self.eval_cfg["seed"],
+            seed=self.eval_cfg["seed"] if seed is None else seed,
             accelerator=self.accelerator,
             gather=False,
             progress=self.progress,
             mode=self.eval_cfg["sample_mode"],
         )
-        return self._metrics(self._features(images, count, "fake"))
+        return {**self._metrics(self._features(images, count, "fake")), **self._fds(images, count)}
 
     def evaluate_images(self, images: np.ndarray | torch.Tensor) -> dict[str, float]:
         """Metrics of given uint8 images ((N, H, W, 3) arrays or (N, 3, H, W) tensors), e.g. a folder's."""
         images = as_uint8_nchw(images)
         local = images[process_share(len(images), self.accelerator)]
-        return self._metrics(self._features(local, len(images), "images"))
+        return {**self._metrics(self._features(local, len(images), "images")), **self._fds(local, len(images))}
 
     def _metrics(self, features: InceptionFeatures) -> dict[str, float]:
-        return compute_metrics(features, self.reference(), self.eval_cfg["prdc_k"], self.device)
+        kid = {key: self.eval_cfg.get(f"kid_{key}", KID[key]) for key in ("subsets", "subset_size")}
+        return compute_metrics(
+            features, self.reference(), self.eval_cfg["prdc_k"], self.device, kid["subsets"], kid["subset_size"]
+        )
+
+    def export_reference(self, path: str | Path) -> Path:
+        """The reference statistics as ``mu`` (D,) and ``sigma`` (D, D) float64 in an ``.npz`` (pytorch-fid, clean-fid)."""
+        reference = self.reference()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, mu=reference.mean.double().numpy(), sigma=reference.cov.double().numpy())
+        return path
+
+    def _fds(self, local_images: torch.Tensor, total: int) -> dict[str, float]:
+        """``fd_<extractor>`` for every ``eval.fd_extractors`` entry: FD in that extractor's feature space."""
+        metrics = {}
+        for name in self.fd_extractors:
+            features = self._fd_features(name, local_images, total, "fake")
+            mean, cov = self._fd_reference(name)
+            metrics[f"fd_{name}"] = fid_from_features(mean.to(self.device), cov.to(self.device), features)
+        return metrics
+
+    def _fd_features(self, name: str, local_images: torch.Tensor, total: int, desc: str) -> torch.Tensor:
+        if name not in self._fd_models:
+            self._fd_models[name] = load_fd_extractor(name, self.fd_extractors[name], self.device)
+        model, batches = self._fd_models[name], []
+        with torch.inference_mode():
+            for start in range(0, len(local_images), self.eval_cfg["batch_size"]):
+                batches.append(model(local_images[start : start + self.eval_cfg["batch_size"]].to(self.device))[0])
+        local = torch.cat(batches) if batches else torch.empty(0, 0, device=self.device)
+        return gather_shares(local.float(), total, self.accelerator)
+
+    def _fd_reference(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, covariance) of the reference images in ``name``'s feature space (computed once per evaluator)."""
+        if name not in self._fd_references:
+            images = as_uint8_nchw(reference_images(self.data_cfg, self.eval_cfg["split"], self.eval_cfg["reference_images"]))
+            local = images[process_share(len(images), self.accelerator)]
+            self._fd_references[name] = feature_statistics(self._fd_features(name, local, len(images), "reference"))
+        return self._fd_references[name]
 
     def _features(self, local_images: torch.Tensor, total: int, desc: str) -> InceptionFeatures:
         """Features of every process's share of ``total`` images, gathered in order on every process."""
@@ -328,6 +409,98 @@ def _write_reference(path: Path, reference: ReferenceStatistics) -> None:
     state = {"key": reference.key, "mean": reference.mean, "cov": reference.cov, "features": reference.features}
     torch.save(state, temporary)
     os.replace(temporary, path)
+
+
+def parse_fd_extractors(names: str, weights: str) -> dict[str, str | None]:
+    """``{extractor: weights path or None}`` from ``eval.fd_extractors`` and ``eval.fd_weights`` (``name=path,...``)."""
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    chosen = [name.strip() for name in names.split(",") if name.strip()]
+    paths = {}
+    for pair in filter(None, (item.strip() for item in weights.split(","))):
+        name, has_path, path = pair.partition("=")
+        if not has_path or name.strip() not in chosen:
+            raise EvaluationError(
+                f"eval.fd_weights entry {pair!r} must be extractor=path for one of eval.fd_extractors ({names or 'none'})"
+            )
+        paths[name.strip()] = path.strip()
+    for name in chosen:
+        if name not in FEATURE_EXTRACTORS_REGISTRY or name.startswith("inception"):
+            accepted = ", ".join(n for n in FEATURE_EXTRACTORS_REGISTRY if not n.startswith(("inception", "vgg")))
+            raise EvaluationError(f"unknown eval.fd_extractors entry {name!r}; accepted: {accepted}")
+    return {name: paths.get(name) for name in chosen}
+
+
+def load_fd_extractor(name: str, weights: str | None, device) -> nn.Module:
+    """torch-fidelity's feature extractor ``name`` (first feature: the one its FID uses), or one line saying how to
+    provide its weights offline."""
+    from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+    extractor = FEATURE_EXTRACTORS_REGISTRY[name]
+    feature = extractor.get_default_feature_layer_for_metric("fid")
+    if weights is not None and not Path(weights).is_file():
+        raise EvaluationError(f"{name} weights file {weights} not found: pass --eval.fd-weights {name}=/path/to/file")
+    if weights is not None and name.startswith("dinov2"):
+        raise EvaluationError(
+            f"{name}: torch-fidelity 0.4.0 reads no local DINOv2 file; drop it from eval.fd_weights and fill torch.hub's "
+            f"cache ({torch.hub.get_dir()}) once online"
+        )
+    previous_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(30)  # never hang on a dead network
+    try:
+        model = extractor(name, [feature], feature_extractor_weights_path=weights, verbose=False)
+    except Exception as error:  # noqa: BLE001  (URLError, HTTPError, RuntimeError, hub errors: all mean "not here")
+        reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        if name.startswith("dinov2"):
+            hint = f"run once online to fill torch.hub's cache ({torch.hub.get_dir()}) or copy it from a machine that has it"
+        else:
+            hint = f"pass --eval.fd-weights {name}=/path/to/weights (the file torch-fidelity downloads for {name})"
+        raise EvaluationError(f"{name} feature extractor not available ({reason}): {hint}") from None
+    finally:
+        socket.setdefaulttimeout(previous_timeout)
+    return model.to(device).eval()
+
+
+def append_history(run_dir: str | Path, step: int, metrics: Mapping[str, float]) -> Path:
+    """One JSON line ``{"step": ..., metrics...}`` added to RUN_DIR/metrics.jsonl (the run's evaluation history)."""
+    path = Path(run_dir) / HISTORY_FILE
+    with open(path, "a") as file:
+        file.write(json.dumps({"step": int(step), **{key: float(value) for key, value in metrics.items()}}) + "\n")
+    return path
+
+
+def read_history(run_dir: str | Path) -> list[dict]:
+    """The evaluations of RUN_DIR/metrics.jsonl in step order; of a step evaluated twice (a resume), the last."""
+    path = Path(run_dir) / HISTORY_FILE
+    if not path.is_file():
+        raise EvaluationError(f"{path} not found: train with --eval.every N to record evaluations")
+    by_step = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            by_step[record["step"]] = record
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def plot_history(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """RUN_DIR/metrics.png: FID, KID, IS, precision, recall, density and coverage over generator steps."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    history = read_history(run_dir)
+    panels = [(key, title) for key, title in HISTORY_PANELS if any(key in record for record in history)]
+    figure = Figure(figsize=(3.0 * len(panels), 3.0), layout="constrained")
+    for axis, (key, title) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels):
+        points = [(record["step"], record[key]) for record in history if key in record and math.isfinite(record[key])]
+        if points:
+            axis.plot(*zip(*points), marker="o")
+        axis.set_title(title + (" (lower is better)" if key in ("fid", "kid_mean") else ""))
+        axis.set_xlabel("generator step")
+    out = Path(out) if out else Path(run_dir) / HISTORY_PLOT
+    figure.savefig(out, dpi=100)
+    return out
 
 
 def evaluate_folder(folder: str | Path, cfg: Mapping, accelerator=None, device=None, progress=True) -> dict[str, float]:

@@ -112,18 +112,47 @@ def sample_images(
     """
     if accelerator is not None:
         generator = accelerator.unwrap_model(generator)
-    device = next(generator.parameters()).device
     latent_generator = torch.Generator().manual_seed(seed)
     labels = balanced_labels(num_samples, num_classes, seed)
     latents = torch.randn(num_samples, generator.z_dim, generator=latent_generator)
-    share = process_share(num_samples, accelerator)
-    if mode == "train":  # whole batches of the global grid that overlap this share, the last one padded
-        padding = math.ceil(num_samples / batch_size) * batch_size - num_samples
-        latents = torch.cat([latents, torch.randn(padding, generator.z_dim, generator=latent_generator)])
-        padded_labels = torch.cat([labels, torch.randint(num_classes, (padding,), generator=latent_generator)])
+    inputs = (latents, labels)
+    if mode == "train":
+        inputs = padded_to_batches(latents, labels, batch_size, num_classes, latent_generator)
+    images = generate(generator, *inputs, num_samples, batch_size, accelerator, mode, progress)
+    labels = labels[process_share(num_samples, accelerator)].to(images.device)
+    if gather:
+        images = gather_shares(images, num_samples, accelerator)
+        labels = gather_shares(labels, num_samples, accelerator)
+    return images, labels
+
+
+def padded_to_batches(latents, labels, batch_size: int, num_classes: int, generator: torch.Generator):
+    """(latents, labels) with extra seeded rows from ``generator`` that fill the last batch of ``batch_size``: in
+    ``train`` mode every generator call is a whole batch of the global grid (the extra images are dropped)."""
+    padding = math.ceil(len(labels) / batch_size) * batch_size - len(labels)
+    extra_latents = torch.randn(padding, latents.shape[1], generator=generator)
+    extra_labels = torch.randint(num_classes, (padding,), generator=generator)
+    return torch.cat([latents, extra_latents]), torch.cat([labels, extra_labels])
+
+
+@torch.no_grad()
+def generate(generator: nn.Module, latents, labels, count: int, batch_size: int = 500, accelerator=None,
+             mode: str = "eval", progress: bool = True) -> torch.Tensor:  # fmt: skip
+    """uint8 images (share, 3, H, W) of this process's share of the first ``count`` inputs, ``G(z, y)`` in ``mode``.
+
+    In ``train`` mode the batches follow one global grid of ``batch_size`` inputs, so each image does not depend on
+    the process count; inputs beyond ``count`` (``padded_to_batches``) complete the last batch.
+    """
+    if accelerator is not None:
+        generator = accelerator.unwrap_model(generator)
+    device = next(generator.parameters()).device
+    share = process_share(count, accelerator)
+    if mode == "train":  # whole batches of the global grid that overlap this share
         first = share.start // batch_size * batch_size
         last = math.ceil(share.stop / batch_size) * batch_size if share.stop > share.start else first
-        inputs, keep = (latents[first:last], padded_labels[first:last]), slice(share.start - first, share.stop - first)
+        if last > len(labels):
+            raise ValueError(f"train-mode sampling needs inputs padded to whole batches of {batch_size} (padded_to_batches)")
+        inputs, keep = (latents[first:last], labels[first:last]), slice(share.start - first, share.stop - first)
     else:
         inputs, keep = (latents[share], labels[share]), slice(None)
 
@@ -133,9 +162,44 @@ def sample_images(
         for start in tqdm(range(0, len(inputs[0]), batch_size), desc="sampling", disable=not show, leave=False):
             z, y = (part[start : start + batch_size].to(device) for part in inputs)
             batches.append(quantize(generator(z, y)))
-    images = torch.cat(batches)[keep] if batches else torch.empty(0, 3, 32, 32, dtype=torch.uint8, device=device)
-    labels = labels[share].to(device)
-    if gather:
-        images = gather_shares(images, num_samples, accelerator)
-        labels = gather_shares(labels, num_samples, accelerator)
-    return images, labels
+    return torch.cat(batches)[keep] if batches else torch.empty(0, 3, 32, 32, dtype=torch.uint8, device=device)
+
+
+# ---------------------------------------------------------------- `genkd sample`: chosen classes, truncation, grids
+
+
+def truncated_latents(count: int, dim: int, truncation: float = 0.0, seed: int = 0) -> torch.Tensor:
+    """Standard normal latents; with ``truncation`` t > 0 every entry with |z| > t is redrawn until it is within t.
+
+    BigGAN's truncation trick (Brock et al. 2019, sec. 3.1: "values which fall outside a range are resampled"):
+    smaller t trades variety for fidelity. The redraws come from the same seeded generator, so a seed fixes the set.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    latents = torch.randn(count, dim, generator=generator)
+    if truncation > 0:
+        outside = latents.abs() > truncation
+        while outside.any():
+            latents[outside] = torch.randn(int(outside.sum()), generator=generator)
+            outside = latents.abs() > truncation
+    return latents
+
+
+def chosen_labels(count: int, num_classes: int, classes=None, seed: int = 0) -> torch.Tensor:
+    """``count`` labels balanced over ``classes`` (all classes when None), in a seeded order (see balanced_labels)."""
+    classes = list(range(num_classes)) if classes is None else list(classes)
+    bad = [label for label in classes if not 0 <= label < num_classes]
+    if bad or not classes:
+        raise ValueError(f"classes must be ids in 0..{num_classes - 1}, got {classes}")
+    return torch.tensor(classes)[balanced_labels(count, len(classes), seed)]
+
+
+@torch.no_grad()
+def interpolation_grid(generator: nn.Module, classes, steps: int = 8, truncation: float = 0.0, seed: int = 0,
+                       mode: str = "eval") -> torch.Tensor:  # fmt: skip
+    """uint8 images (rows * steps, 3, H, W): per class row, ``steps`` points on the line between two seeded latents
+    (in ``train`` mode the whole grid is one batch)."""
+    ends = truncated_latents(2, generator.z_dim, truncation, seed)
+    weights = torch.linspace(0, 1, steps)[:, None]
+    line = (1 - weights) * ends[0] + weights * ends[1]  # (steps, z_dim)
+    labels = torch.tensor(list(classes)).repeat_interleave(steps)
+    return generate(generator, line.repeat(len(classes), 1), labels, len(labels), len(labels), mode=mode, progress=False)

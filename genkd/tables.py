@@ -11,7 +11,7 @@ configs/paper/published.yaml holds the published numbers with their sources. Run
 ``F`` with seed ``S`` lives in OUT/runs/R/D-F/seedS and trains ``genkd.train --config <base> --config <R's files>
 --dataset D --data-frac F --seed S`` (then --train-args, where ``{dataset}`` stands for D and ``{seed}`` for S). A
 run whose last.pt has reached its steps is collected as it is, a shorter one resumed. Each run is evaluated from
-checkpoints/best.pt when training kept one (the reference's ``--which_best FID``), else last.pt, as eval/evaluate.py
+checkpoints/best.pt when training kept one (the reference's ``--which_best FID``), else last.pt, as genkd evaluate
 does, unless its metrics file is up to date (same checkpoint file, same evaluation settings); the options this tool
 does not know (--eval.*, --data.*, evaluate.py's --num-samples ...) go to that evaluation.
 
@@ -23,8 +23,6 @@ as markers). The standard deviation is the sample one (ddof 1) over seeds; one s
 """
 import argparse
 import csv
-import functools
-import importlib.util
 import math
 import shlex
 import statistics
@@ -243,20 +241,11 @@ def train_run(argv: list[str], run_dir: Path, launcher: str = "python", dry_run:
 # ---- evaluation -------------------------------------------------------------------------------------------------
 
 
-@functools.cache
-def evaluate_tool():
-    """eval/evaluate.py of this checkout: its record format and staleness rules are the ones every tool shares."""
-    path = REPO / "eval" / "evaluate.py"
-    if not path.is_file():
-        raise TablesError(f"{path} not found: run genkd.tables from a genkd checkout (pip install -e .)")
-    spec = importlib.util.spec_from_file_location("genkd_eval_evaluate", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def evaluation_errors() -> tuple:
-    return evaluate_tool().ERRORS
+    """The one-line errors of genkd.evaluate (imported on use: this module's --help and dry runs need no torch)."""
+    from genkd import evaluate
+
+    return evaluate.ERRORS
 
 
 def up_to_date_record(run_dir: Path, overrides: Sequence[str], which: str = "auto") -> dict | None:
@@ -266,13 +255,14 @@ def up_to_date_record(run_dir: Path, overrides: Sequence[str], which: str = "aut
     from genkd.metrics import resolve_weights
     from genkd.metrics.inception import file_identity
 
-    tool = evaluate_tool()
-    _, checkpoint, record_path = tool.locate(run_dir, which)
+    from genkd import evaluate
+
+    _, checkpoint, record_path = evaluate.locate(run_dir, which)
     if not record_path.is_file() or not checkpoint.is_file():
         return None
     record = yaml.safe_load(record_path.read_text())  # JSON is YAML
-    cfg = tool.resolve_config(as_config(yaml.safe_load((run_dir / "config.yaml").read_text())), list(overrides))
-    settings = tool.evaluation_settings(cfg, resolve_weights(cfg.eval.inception_weights))
+    cfg = evaluate.resolve_config(as_config(yaml.safe_load((run_dir / "config.yaml").read_text())), list(overrides))
+    settings = evaluate.evaluation_settings(cfg, resolve_weights(cfg.eval.inception_weights))
     if record.get("source") != file_identity(checkpoint) or record.get("settings") != settings:
         return None
     return record
@@ -291,8 +281,10 @@ def run_metrics(run_dir: Path, overrides: Sequence[str] = (), device: str | None
     if record is None:  # evaluate_source prints the checkpoint it evaluates
         import torch
 
+        from genkd import evaluate
+
         with torch.no_grad():
-            record = evaluate_tool().evaluate_source(run_dir, list(overrides), device=device, which=which)
+            record = evaluate.evaluate_source(run_dir, list(overrides), device=device, which=which)
     else:
         step = record.get("step", "unknown")  # records written before steps were recorded
         print(f"checkpoint {record['source']['path']} (step {step}): metrics up to date", flush=True)

@@ -27,18 +27,19 @@ from tqdm import tqdm
 from genkd.checkpoint import (
     CheckpointError, accelerator_state, checkpoint_path, load_resume_checkpoint, restore_accelerator_state, save_checkpoint,
 )
-from genkd.config import ConfigError, config_and_resume, save_config
+from genkd.config import ConfigError, config_and_resume, save_config, wants_help
 from genkd.data import DataError, load_arrays, subset_indices
-from genkd.defaults import gan_config
+from genkd.defaults import gan_config, gan_help, per_process_batch
 from genkd.diffaug import diff_augment
 from genkd.distill import build_distiller
-from genkd.evaluation import EvaluationError, Evaluator
+from genkd.evaluation import EvaluationError, Evaluator, append_history, plot_history
 from genkd.metrics.inception import InceptionWeightsError
 from genkd.models.biggan import build_models
 from genkd.regularizers import Regularizers
 from genkd.sampling import sampling_mode
 from genkd.preemption import GracefulStop, Preempted, stop_message
 from genkd.teachers import TeacherError
+from genkd.trackers import build_trackers, start_trackers
 
 
 class NonFiniteLossError(RuntimeError):
@@ -103,6 +104,8 @@ def save_sample_grid(generator, noise, labels, path: Path, columns: int, mode: s
 
 
 def main(argv=None):
+    if wants_help(sys.argv[1:] if argv is None else argv):
+        return print(gan_help())
     with GracefulStop() as stop:  # SIGTERM / SIGINT / SIGUSR1: finish the step, checkpoint, exit 75
         run_training(argv, stop)
 
@@ -112,9 +115,9 @@ def run_training(argv, stop: GracefulStop) -> None:
     run_dir = Path(cfg.run_dir)
     if resume is None and checkpoint_path(run_dir).is_file():
         raise ConfigError(f"{run_dir} already holds a checkpoint: pass --resume {run_dir}, or choose another --run-dir")
-    accelerator = Accelerator(
-        mixed_precision=cfg.train.mixed_precision, log_with="tensorboard", project_dir=str(run_dir)
-    )
+    trackers = build_trackers(cfg.train.trackers, run_dir)
+    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, log_with=trackers, project_dir=str(run_dir))
+    cfg.train.batch_size = per_process_batch(cfg.train, accelerator.num_processes)
     set_seed(cfg.seed, device_specific=True)
     device, rank, world_size = accelerator.device, accelerator.process_index, accelerator.num_processes
 
@@ -126,6 +129,8 @@ def run_training(argv, stop: GracefulStop) -> None:
 
     # ---- models, EMA generator, optional distiller (its projector trains with the discriminator)
     generator, discriminator = build_models(cfg.model, num_classes)
+    if cfg.train.sync_batchnorm and world_size > 1:
+        generator = torch.nn.SyncBatchNorm.convert_sync_batchnorm(generator)
     generator_ema, _ = build_models(cfg.model, num_classes)
     generator_ema.load_state_dict(generator.state_dict())
     generator_ema.to(device).eval().requires_grad_(False)
@@ -165,7 +170,7 @@ def run_training(argv, stop: GracefulStop) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         (run_dir / "samples").mkdir(exist_ok=True)
-    accelerator.init_trackers("tensorboard")
+    start_trackers(accelerator, cfg, run_dir)
     columns = 10
     sample_settings = (cfg.eval.sample_mode, cfg.eval.sample_batch_size)
     grid_generator = torch.Generator().manual_seed(cfg.seed)
@@ -265,6 +270,8 @@ def run_training(argv, stop: GracefulStop) -> None:
             metrics = evaluator(generator_ema, num_classes)  # its own seeded noise: the training stream is untouched
             accelerator.log({f"eval/{name}": value for name, value in metrics.items()}, step=step)
             accelerator.print(f"step {step}: " + ", ".join(f"{name} {value:.4g}" for name, value in metrics.items()))
+            if accelerator.is_main_process:
+                append_history(run_dir, step, metrics)
             if metrics["fid"] < best_fid:
                 best_fid = metrics["fid"]
                 checkpoint("best")
@@ -284,15 +291,19 @@ def run_training(argv, stop: GracefulStop) -> None:
             accelerator.print(message)
             raise Preempted(message)
     progress.close()
+    if evaluator and accelerator.is_main_process:
+        plot_history(run_dir)
     accelerator.wait_for_everyone()  # tear down together: an early destroy_process_group can hang a peer
     accelerator.end_training()
     accelerator.print(f"done: {step} generator steps; checkpoint {checkpoint_path(run_dir)}, samples in {run_dir / 'samples'}")
 
 
+ERRORS = (
+    ConfigError, DataError, CheckpointError, TeacherError, EvaluationError, InceptionWeightsError, NonFiniteLossError
+)  # one line each; the `genkd` command catches these too
+
 if __name__ == "__main__":
     try:
         main()
-    except (
-        ConfigError, DataError, CheckpointError, TeacherError, EvaluationError, InceptionWeightsError, NonFiniteLossError
-    ) as error:
+    except ERRORS as error:
         sys.exit(f"error: {error}")

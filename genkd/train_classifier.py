@@ -36,12 +36,13 @@ from genkd.classifier.models.clip import ClipClassifier
 from genkd.classifier.models.timm_zoo import TimmClassifier, TimmModelError, warn_random_teacher
 from genkd.classifier.recipes import HETERO_NORMALIZATION, VIRTUAL_VIEW_KNOBS, VirtualView, hetero_transform
 from genkd.classifier.recipes import learning_rate as recipe_learning_rate
-from genkd.config import Config, ConfigError, config_and_resume, load_config, save_config
+from genkd.config import Config, ConfigError, config_and_resume, help_text, load_config, save_config, source_comments, wants_help
 from genkd.data import ArrayDataset, load_arrays, subset_indices
 from genkd.defaults import CHECKS as GAN_CHECKS
 from genkd.defaults import CHOICES as GAN_CHOICES
 from genkd.defaults import DEFAULTS as GAN_DEFAULTS
 from genkd.preemption import GracefulStop, Preempted, stop_message
+from genkd.trackers import build_trackers, start_trackers
 
 CLIP = "clip"  # an open_clip image encoder (the clip section) with a linear head: ClipClassifier
 TIMM = "timm"  # a timm architecture (the timm section): TimmClassifier, the heterogeneous setting (OFA-KD / MLDR-KD)
@@ -77,6 +78,7 @@ DEFAULTS = {
         "nesterov": False,  # Nesterov momentum (OFA / MLDR-KD: on)
         "mixed_precision": "no",  # no | fp16 | bf16 (accelerate)
         "log_every": 50,  # steps between progress-bar updates of the loss
+        "trackers": "tensorboard",  # comma list of accelerate trackers (tensorboard, wandb, mlflow, aim, ...); "" = none
         "keep_checkpoints": 2,  # last.pt and the previous good ones (last.1.pt ...) to fall back on if it is damaged
     },
     "eval": {
@@ -135,6 +137,21 @@ NORMALIZATION = {
 
 class NonFiniteLossError(RuntimeError):
     """Training diverged; checkpoints/last.pt is from the last finished epoch."""
+
+
+def classifier_help() -> str:
+    """--help, generated from DEFAULTS; the data and clip keys borrow the GAN table's comments, the methods' knobs
+    those of LOSS_DEFAULTS."""
+    gan = source_comments("genkd.defaults")
+    comments = {**source_comments("genkd.classifier.losses", "LOSS_DEFAULTS", "distill."), **source_comments("genkd.train_classifier")}
+    comments.update({key: text for key, text in gan.items() if key.startswith("data.")})
+    comments.update({f"clip.{key[8:]}": text for key, text in gan.items() if key[8:] in DEFAULTS["clip"] and key.startswith("distill.")})
+    usage = (
+        "usage: genkd train-classifier [--config FILE] [--resume RUN_DIR] [--section.key VALUE ...]\n"
+        "       (also python -m genkd.train_classifier, accelerate launch [-m] genkd/train_classifier.py ...)\n\n"
+        + __doc__.split("\n\n")[0]
+    )
+    return help_text(usage, DEFAULTS, comments, CHOICES, CHECKS, ALIASES)
 
 
 def model_label(cfg: Config, role: str) -> str:
@@ -342,6 +359,8 @@ def loader_generator(data_loader) -> torch.Generator | None:
 def main(argv=None) -> dict:
     """Train; returns the metrics written to metrics.json. SIGTERM / SIGINT / SIGUSR1: finish the batch, checkpoint
     (mid-epoch), exit with status 75."""
+    if wants_help(sys.argv[1:] if argv is None else argv):
+        return print(classifier_help())
     with GracefulStop() as stop:
         return run_training(argv, stop)
 
@@ -351,7 +370,8 @@ def run_training(argv, stop: GracefulStop) -> dict:
     run_dir = Path(cfg.run_dir)
     if resume is None and checkpoint_path(run_dir).is_file():
         raise ConfigError(f"{run_dir} already holds a checkpoint: pass --resume {run_dir}, or choose another --run-dir")
-    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, log_with="tensorboard", project_dir=str(run_dir))
+    trackers = build_trackers(cfg.train.trackers, run_dir)
+    accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision, log_with=trackers, project_dir=str(run_dir))
     set_seed(cfg.seed)
 
     # ---- data: the run's subset of the training split (saved in the run directory), the whole evaluation split
@@ -400,7 +420,7 @@ def run_training(argv, stop: GracefulStop) -> dict:
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-    accelerator.init_trackers("tensorboard")
+    start_trackers(accelerator, cfg, run_dir)
     unwrapped_student = accelerator.unwrap_model(student)
     unwrapped_criterion = accelerator.unwrap_model(criterion)
     if initial_top1 is None:
@@ -574,8 +594,10 @@ def run_training(argv, stop: GracefulStop) -> dict:
     return result
 
 
+ERRORS = (ConfigError, CheckpointError, NonFiniteLossError, ValueError)  # data/model/teacher errors are ValueErrors
+
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigError, CheckpointError, NonFiniteLossError, ValueError) as error:  # data/model/teacher errors are ValueErrors
+    except ERRORS as error:
         sys.exit(f"error: {error}")

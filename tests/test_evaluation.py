@@ -2,7 +2,6 @@
 import csv
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +20,7 @@ from genkd.metrics.inception import file_identity
 from genkd.models.biggan import build_models
 from genkd.sampling import balanced_labels, gather_shares, process_share, quantize, sample_images
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
-import compare_norms  # noqa: E402
-import evaluate  # noqa: E402
+from genkd import compare_norms, evaluate
 
 COUNT = 10  # generated and reference images per evaluation: IS needs >= 10 (its splits), PRDC > k = 5
 
@@ -313,7 +310,7 @@ class WeightSumEvaluator:
     def __init__(self, cfg, accelerator=None, device=None):
         self.weights = Path(cfg.eval.inception_weights)
 
-    def __call__(self, generator, num_classes):
+    def __call__(self, generator, num_classes, seed=None):
         total = sum(value.double().sum().item() for value in generator.state_dict().values())
         return dict.fromkeys(METRIC_KEYS, total)
 
@@ -458,7 +455,7 @@ def test_a_signal_stops_an_evaluation_without_writing(run_dir, monkeypatch, caps
 
     from genkd.preemption import EXIT_PREEMPTED
 
-    def signalled(self, generator, num_classes):
+    def signalled(self, generator, num_classes, seed=None):
         os.kill(os.getpid(), signal.SIGTERM)
         raise AssertionError("the signal should have stopped the evaluation")
 
