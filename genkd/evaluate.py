@@ -64,11 +64,18 @@ USAGE = """usage: genkd evaluate [RUN_DIR | CHECKPOINT.pt | IMAGE_DIR | SAMPLES.
 """ + "\n".join(f"  {name} {text}" for name, (_, text) in OPTIONS.items())
 
 
+# eval.* keys that change the numbers (the sampling mode and batch do in train mode: batch statistics)
+STALE_EVAL_KEYS = (
+    "num_samples", "split", "reference_images", "seed", "prdc_k", "sample_mode", "sample_batch_size", "kid_subsets",
+    "kid_subset_size", "fd_extractors",
+)  # fmt: skip
+
+
 def evaluation_settings(cfg: Config, weights: Path) -> dict:
     """Everything besides the source that changes the numbers; metrics.json is stale when any of it differs."""
     return {
         "data": {key: cfg.data[key] for key in ("dataset", "root")},
-        "eval": {key: cfg.eval[key] for key in ("num_samples", "split", "reference_images", "seed", "prdc_k")},
+        "eval": {key: cfg.eval[key] for key in STALE_EVAL_KEYS},
         "inception_weights": file_identity(weights),
     }
 

@@ -465,3 +465,13 @@ def test_a_signal_stops_an_evaluation_without_writing(run_dir, monkeypatch, caps
         evaluate.main([str(run_dir), "--device", "cpu", "--num-samples", str(COUNT), "--out", str(out)])
     assert stopped.value.code == EXIT_PREEMPTED and not out.exists()
     assert "evaluation stopped by SIGTERM: nothing written; run the same command again" in capsys.readouterr().err
+
+
+def test_stored_metrics_are_stale_when_the_sampling_changes(tmp_path):
+    """In train mode batch norm uses each batch's statistics, so the sampling mode and batch change the numbers."""
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(b"w")
+    base = evaluate.evaluation_settings(evaluate.resolve_config(None, []), weights)
+    for override in (["--eval.sample-mode", "eval"], ["--eval.sample-batch-size", "25"], ["--eval.kid-subset-size", "9"]):
+        assert evaluate.evaluation_settings(evaluate.resolve_config(None, override), weights) != base, override
+    assert evaluate.evaluation_settings(evaluate.resolve_config(None, ["--eval.batch-size", "7"]), weights) == base
