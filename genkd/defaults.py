@@ -54,6 +54,12 @@ DEFAULTS = {
         "loss": "mse",  # mse | smooth_l1 (element-wise means, as in torch)
         "weight": 1.0,  # lambda
     },
+    "speed": {  # genkd/speed.py; "auto" = the fastest setting for the device that keeps the numbers (bench_step.py)
+        "compile": "auto",  # auto | on | off: torch.compile of G and D (eager fallback, with a warning, on failure)
+        "channels_last": "auto",  # auto | on | off: NHWC conv weights
+        "fused_adam": "auto",  # auto | on | off: one fused Adam kernel instead of a loop over parameters
+        "compile_mode": "default",  # default | reduce-overhead (CUDA graphs, GPU only) | max-autotune
+    },
     "eval": {
         "every": 0,  # generator steps between evaluations during training; 0 = never
         "num_samples": 10000,
@@ -78,6 +84,10 @@ CHOICES = {
     "distill.norm": ("none", "layernorm", "whitening"),
     "distill.loss": ("mse", "smooth_l1"),
     "eval.split": ("train", "test"),
+    "speed.compile": ("auto", "on", "off"),
+    "speed.channels_last": ("auto", "on", "off"),
+    "speed.fused_adam": ("auto", "on", "off"),
+    "speed.compile_mode": ("default", "reduce-overhead", "max-autotune"),
 }
 
 CHECKS = {
