@@ -33,6 +33,8 @@ from genkd.distill import build_distiller
 from genkd.evaluation import EvaluationError, Evaluator
 from genkd.metrics.inception import InceptionWeightsError
 from genkd.models.biggan import build_models
+from genkd.speed import SpeedError, adam, prepare_module
+from genkd.speed import resolve as resolve_speed
 from genkd.teachers import TeacherError
 
 
@@ -128,9 +130,12 @@ def main(argv=None):
     generator_ema.load_state_dict(generator.state_dict())
     generator_ema.to(device).eval().requires_grad_(False)
     distiller = build_distiller(cfg.distill, discriminator.feature_dim)
+    speed = resolve_speed(cfg.speed, device)  # genkd/speed.py: compiled, channels_last G and D, fused Adam
+    for module in (generator, discriminator, *([distiller.teacher.encoder] if distiller else [])):
+        prepare_module(module, speed)
     d_parameters = list(discriminator.parameters()) + (list(distiller.parameters()) if distiller else [])
-    optimizer_g = torch.optim.Adam(generator.parameters(), lr=cfg.train.g_lr, betas=tuple(cfg.train.betas))
-    optimizer_d = torch.optim.Adam(d_parameters, lr=cfg.train.d_lr, betas=tuple(cfg.train.betas))
+    optimizer_g = adam(generator.parameters(), cfg.train.g_lr, cfg.train.betas, speed)
+    optimizer_d = adam(d_parameters, cfg.train.d_lr, cfg.train.betas, speed)
 
     evaluator = Evaluator(cfg, accelerator) if cfg.eval.every else None  # checks the Inception weights now
     step, best_fid = 0, math.inf
@@ -218,7 +223,7 @@ def main(argv=None):
                 loss_d_real = F.relu(1.0 - logits[:batch]).mean()
                 loss_d_fake = F.relu(1.0 + logits[batch:]).mean()
                 loss_d = loss_d_real + loss_d_fake
-                if distiller:
+                if distiller and (step * cfg.train.d_steps + d_step) % cfg.distill.every == 0:
                     loss_distill = distiller(features.float(), augmented)
                     loss_d = loss_d + cfg.distill.weight * loss_distill
             optimizer_d.zero_grad(set_to_none=True)
@@ -273,6 +278,7 @@ if __name__ == "__main__":
     try:
         main()
     except (
-        ConfigError, DataError, CheckpointError, TeacherError, EvaluationError, InceptionWeightsError, NonFiniteLossError
+        ConfigError, DataError, CheckpointError, TeacherError, EvaluationError, InceptionWeightsError, NonFiniteLossError,
+        SpeedError,
     ) as error:
         sys.exit(f"error: {error}")
