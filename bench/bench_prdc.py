@@ -149,8 +149,9 @@ def main() -> None:
             )
         difference = max(abs(float(reference[key]) - result[key]) for key in result)
         ratios[case] = reference_s[0] / seconds[0]
-        print(f"{case}: N = M = {args.size}  (load average {os.getloadavg()[0]:.1f}; wall time is shared, CPU time ours)")
-        print(f"  prdc (sklearn)      {reference_s[0]:7.1f} s wall {reference_s[1]:7.1f} s CPU  {describe(reference_memory)}")
+        print(f"{case}: N = M = {args.size}  (load average {os.getloadavg()[0]:.1f}; wall time shared, CPU time ours)")
+        reference_times = f"{reference_s[0]:7.1f} s wall {reference_s[1]:7.1f} s CPU"
+        print(f"  prdc (sklearn)      {reference_times}  {describe(reference_memory)}")
         print(f"  genkd.metrics.prdc  {seconds[0]:7.1f} s wall {seconds[1]:7.1f} s CPU  {describe(memory)}")
         print(
             f"  speed-up {ratios[case]:.2f}x wall, {reference_s[1] / seconds[1]:.2f}x CPU; "

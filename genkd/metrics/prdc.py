@@ -25,10 +25,10 @@ pairs need the exact path depends on how much spread the head misses: a few per 
 
 Worst case. When the bound is loose against the radii (flat spectra, heavy tails, sets far apart, masses of ties), the
 undecided pairs and whole-row recomputations would cost more than the sweep saves. So before the sweep, a strided
-sample of ``DECISION_SAMPLE`` points per set is swept against both whole sets (5 % of the work at 10,000 points) and the share of
-pairs that would land in the exact path is measured; above ``UNDECIDED_SHARE`` the plain exact path runs instead:
-scikit-learn's float64 distances tile by tile (symmetric tiles once), running top-k radii, strict comparisons. It
-makes the reference's decisions by construction and does 2/3 of its pairs, so it is never slower than ``prdc``.
+sample of ``DECISION_SAMPLE`` points per set is swept against both whole sets (5 % of the work at 10,000 points) and
+the share of pairs that would land in the exact path is measured; above ``UNDECIDED_SHARE`` the plain exact path runs
+instead: scikit-learn's float64 distances tile by tile (symmetric tiles once), running top-k radii, strict comparisons.
+It makes the reference's decisions by construction and does 2/3 of its pairs, so it is never slower than ``prdc``.
 """
 import functools
 from dataclasses import dataclass, field
