@@ -14,13 +14,18 @@ DEFAULTS = {
         "frac": 1.0,  # fraction of the training set, in (0, 1]
         "balanced": False,  # same share of every class instead of a plain random subset
         "subset_seed": 0,  # seed of the subset draw (the reference protocol uses 0)
+        # reference = np.random.seed(subset_seed); np.random.choice(50000, n, replace=False) in the official order, as
+        # data-efficient-gans datasets.py; permutation = genkd's earlier default_rng permutation (genkd/data.py)
+        "subset": "reference",
         "num_workers": 2,
     },
     "model": {
         "g_width": 64,  # generator channel multiplier
         "d_width": 64,  # discriminator channel multiplier
         "z_dim": 128,
-        "shared_dim": 128,  # shared class embedding feeding every conditional batch norm
+        # 0 = per-layer class embeddings in every conditional batch norm (the reference scripts leave G_shared off);
+        # > 0 = one shared class embedding of this size, mapped by SN linears to each layer's gains and biases
+        "shared_dim": 0,
         "g_blocks": 3,  # up-sampling residual blocks: 4 -> 32 pixels
         "d_blocks": 4,  # down-sampling residual blocks (the last ones keep the resolution at 32x32 inputs)
     },
@@ -38,24 +43,29 @@ DEFAULTS = {
         "log_every": 100,
         "sample_every": 1000,
         "ckpt_every": 5000,
+        "keep_checkpoints": 2,  # last.pt and the previous good ones (last.1.pt ...) to fall back on if it is damaged
     },
     "distill": {
         "enabled": False,  # off = the plain DiffAugment baseline
-        "method": "vkd",  # vkd | fitnets | spkd | pkt
+        # vkd | kd-dlgan | clip-kd | fitnets | spkd | pkt | label: one row of genkd.distill.RECIPES each; only vkd
+        # reads head / norm / target_scale / pairing / loss / preprocess below, the other rows fix them
+        "method": "vkd",
         "teacher": "ViT-B-32",  # open_clip model name, model-config JSON file, or tiny-vit (genkd/teacher_configs)
         "pretrained": "openai",  # open_clip pretrained tag (downloads when online); also sets mean/std, QuickGELU
         "weights": None,  # local weights file (e.g. the tag's open_clip_pytorch_model.bin); wins over the download
         "random_teacher": False,  # random weights, for tests and offline smoke runs only
-        "preprocess": "clip",  # clip | kd-dlgan
-        "dtype": "fp32",  # fp32 | bf16 | fp16: teacher weights cast once (LayerNorm stays fp32); bf16 = 2.6x faster
-        # on CPUs with AVX512-BF16 and on GPUs, features within cosine 0.999 (tests/test_teachers.py)
+        "preprocess": "clip",  # clip | kd-dlgan (nearest x7 of the [-1, 1] images, no mean/std: KD-DLGAN's input)
+        "dtype": "fp32",  # fp32 | bf16 | fp16: teacher weights cast once (LayerNorm stays fp32); KD-DLGAN ran fp16;
+        # bf16 = 2.6x faster on CPUs with AVX512-BF16 and on GPUs, features within cosine 0.999 (tests/test_teachers.py)
         "teacher_resolution": 0,  # 0 = the encoder's own input size; else a smaller one (changes features: a knob)
         "every": 1,  # distil on 1 of every k discriminator steps (k > 1 changes the training: a knob)
-        "projector": "orthogonal",  # identity | linear | orthogonal
+        "head": "orthogonal",  # identity | linear | orthogonal | mlp (KD-DLGAN's SN linear 256 -> 1024 -> 512)
         "orthogonal_map": "cayley",  # cayley | matrix_exp: both exactly orthogonal; cayley ~15x cheaper (bench/)
         "norm": "whitening",  # none | layernorm | whitening (teacher features, across the batch)
-        "loss": "mse",  # mse | smooth_l1 (element-wise means, as in torch)
-        "weight": 1.0,  # lambda
+        "target_scale": "unit",  # unit (whitened rows orthonormal, the paper) | layernorm (rows of norm sqrt(width))
+        "pairing": "own",  # own (each image vs its own target) | aggregated (KD-DLGAN: real and fake vs both halves)
+        "loss": "mse",  # mse | smooth_l1 (element-wise means, as in torch) | l2 (KD-DLGAN: mean non-squared distance)
+        "weight": None,  # lambda; None = the method's own (vkd 1, kd-dlgan / clip-kd 10, fitnets 100, ...)
     },
     "speed": {  # genkd/speed.py; "auto" = the fastest setting for the device that keeps the numbers (bench_step.py)
         "compile": "auto",  # auto | on | off: torch.compile of G and D (eager fallback, with a warning, on failure)
@@ -72,21 +82,40 @@ DEFAULTS = {
         "prdc_k": 5,
         "reference_images": 0,  # images of the split behind the reference statistics; 0 = all of them (the protocol)
         "seed": 0,  # latent codes and labels of the evaluation samples: same seed, same samples at any process count
+        # train = batch norm of G_ema uses each sampling batch's statistics (the reference's G_eval_mode off; its
+        # running statistics are left untouched); eval = its running statistics (genkd/sampling.py)
+        "sample_mode": "train",
+        # images per generator call when sampling; in train mode also the batch-norm statistics' batch: the
+        # reference's --batch_size 50 (with --parallel, DataParallel splits it over the GPUs: 25 each on its 2)
+        "sample_batch_size": 50,
         "cache_dir": None,  # reference statistics cache; None = $XDG_CACHE_HOME/genkd or ~/.cache/genkd
+    },
+    "reg": {  # discriminator regularisers (genkd/regularizers.py, sources there); a term is on when its weight is > 0
+        "lecam_weight": 0.0,  # LeCam lambda (lecam-gan's and KD-DLGAN's lc-DiffAugment scripts: 0.3)
+        "lecam_decay": 0.9,  # EMA decay of the batch means of D's real and fake logits (lecam-gan utils.ema_losses)
+        "lecam_start": 1000,  # generator step where the EMA starts averaging (a plain copy before); the term after it
+        "cr_weight": 0.0,  # consistency regularisation lambda (data-efficient-gans cr scripts: 10)
+        # CR's second view: this policy on the DiffAugmented reals ("flip" = mirror); "" = the un-augmented reals, as
+        # the DiffAugment + CR scripts at 10 % and 20 % (the 100 % ones keep this default)
+        "cr_augment": "flip,translation",
     },
 }
 
 CHOICES = {
     "data.dataset": ("cifar10", "cifar100", "npz", "folder"),
+    "data.subset": ("reference", "permutation"),
     "train.mixed_precision": ("no", "fp16", "bf16"),
-    "distill.method": ("vkd", "fitnets", "spkd", "pkt"),
+    "distill.method": ("vkd", "kd-dlgan", "clip-kd", "fitnets", "spkd", "pkt", "label"),
     "distill.preprocess": ("clip", "kd-dlgan"),
     "distill.dtype": ("fp32", "bf16", "fp16"),
-    "distill.projector": ("identity", "linear", "orthogonal"),
+    "distill.head": ("identity", "linear", "orthogonal", "mlp"),
     "distill.orthogonal_map": ("matrix_exp", "cayley"),
     "distill.norm": ("none", "layernorm", "whitening"),
-    "distill.loss": ("mse", "smooth_l1"),
+    "distill.target_scale": ("unit", "layernorm"),
+    "distill.pairing": ("own", "aggregated"),
+    "distill.loss": ("mse", "smooth_l1", "l2"),
     "eval.split": ("train", "test"),
+    "eval.sample_mode": ("train", "eval"),
     "speed.compile": ("auto", "on", "off"),
     "speed.channels_last": ("auto", "on", "off"),
     "speed.fused_adam": ("auto", "on", "off"),
@@ -98,6 +127,7 @@ CHECKS = {
     "train.steps": (lambda n: n >= 0, "a number of generator steps >= 0 (0 = the paper's count)"),
     "train.batch_size": (lambda n: n >= 1, "a batch size >= 1"),
     "train.d_steps": (lambda n: n >= 1, "discriminator steps per generator step >= 1"),
+    "train.keep_checkpoints": (lambda n: n >= 1, "a number of checkpoints >= 1 (2 = last.pt and one to fall back on)"),
     "train.ema_decay": (lambda d: 0.0 <= d < 1.0, "a decay in [0, 1)"),
     "train.diffaug": (
         lambda s: all(p in ("color", "translation", "cutout") for p in s.split(",") if p),
@@ -105,13 +135,26 @@ CHECKS = {
     ),
     "model.g_blocks": (lambda n: n >= 1, "at least one up-sampling block"),
     "model.d_blocks": (lambda n: n >= 1, "at least one down-sampling block"),
-    "distill.weight": (lambda w: w >= 0.0, "a loss weight >= 0"),
+    "model.shared_dim": (lambda n: n >= 0, "0 (per-layer class embeddings, the reference) or a shared embedding size"),
+    "distill.weight": (
+        lambda w: w is None or (isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0.0),
+        "a loss weight >= 0, or null for the method's own",
+    ),
     "distill.teacher_resolution": (lambda r: r >= 0, "an input size in pixels >= 0 (0 = the teacher's own)"),
     "distill.every": (lambda k: k >= 1, "distil on 1 of every k discriminator steps: k >= 1"),
     "eval.num_samples": (lambda n: n >= 1, "a number of samples >= 1"),
     "eval.batch_size": (lambda n: n >= 1, "a batch size >= 1"),
+    "eval.sample_batch_size": (lambda n: n >= 1, "a batch size >= 1 (the reference samples 50 at a time)"),
     "eval.prdc_k": (lambda k: k >= 1, "a number of nearest neighbours >= 1"),
     "eval.reference_images": (lambda n: n >= 0, "a number of reference images >= 0 (0 = the whole split)"),
+    "reg.lecam_weight": (lambda w: w >= 0.0, "a loss weight >= 0 (0 = off)"),
+    "reg.lecam_decay": (lambda d: 0.0 <= d < 1.0, "a decay in [0, 1)"),
+    "reg.lecam_start": (lambda n: n >= 0, "a generator step >= 0"),
+    "reg.cr_weight": (lambda w: w >= 0.0, "a loss weight >= 0 (0 = off)"),
+    "reg.cr_augment": (
+        lambda s: set((s or "").replace(" ", "").split(",")) <= {"", "flip", "color", "translation", "cutout"},
+        'a comma-separated list of flip, color, translation, cutout; "" = the un-augmented reals',
+    ),
 }
 
 ALIASES = {"data-frac": "data.frac", "dataset": "data.dataset", "data-root": "data.root", "run-dir": "run_dir"}

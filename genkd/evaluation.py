@@ -1,7 +1,8 @@
 """FID, IS and precision/recall/density/coverage of a generator, or of a folder of images, against a dataset split.
 
 The protocol of DiffAugment BigGAN-CIFAR, KD-DLGAN and VkD: ``eval.num_samples`` (10,000) class-balanced samples of
-the EMA generator, quantised to uint8, torch-fidelity's TF-compatible Inception-v3, reference statistics from the
+the EMA generator (``eval.sample_mode``: by default batch statistics over batches of 50, as the reference; see
+genkd/sampling.py), quantised to uint8, torch-fidelity's TF-compatible Inception-v3, reference statistics from the
 test split, IS over 10 splits, PRDC with k = 5. One Inception pass per image set feeds all metrics.
 
 We use torch-fidelity only for its feature extractor: in 0.4.0 its generator wrapper crashes for class-conditional
@@ -45,7 +46,8 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 class EvaluationError(ValueError):
-    """Bad evaluation input (an empty or mixed-size image folder, too few images); the message says what to do."""
+    """Bad evaluation input (an empty, mixed-size or unreadable image folder, a malformed .npz, too few images); the
+    message says what to do."""
 
 
 @dataclass
@@ -73,22 +75,114 @@ def reference_images(data_cfg: Mapping, split: str, count: int = 0) -> np.ndarra
     return images
 
 
-def load_image_folder(folder: str | Path) -> np.ndarray:
-    """Every image under ``folder`` (recursively, sorted by path) as uint8 (N, H, W, 3); all must share one size."""
+def _rgb(image: Image.Image, path: Path) -> tuple[np.ndarray, str | None]:
+    """(uint8 (H, W, 3) pixels, what was converted or None).
+
+    Greyscale, 1-bit and palette images are converted (the grey value in all three channels: how they look, and what
+    PIL's convert("RGB") gives torch-fidelity and clean-fid too); an alpha channel is dropped when every pixel is
+    opaque (lossless). Transparent pixels are refused: their colour depends on a background we would have to invent.
+    Other modes (16-bit, float, CMYK, ...) are refused rather than guessed at."""
+    if image.mode == "RGB":
+        return np.asarray(image), None
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        alpha = image.convert("RGBA").getchannel("A")
+        if alpha.getextrema()[0] < 255:
+            raise EvaluationError(
+                f"{path} has transparent pixels ({image.mode}): flatten it onto a background and save it as RGB"
+            )
+        return np.asarray(image.convert("RGB")), f"{image.mode} (opaque)"
+    if image.mode in ("L", "1", "P"):
+        return np.asarray(image.convert("RGB")), {"L": "greyscale", "1": "1-bit", "P": "palette"}[image.mode]
+    raise EvaluationError(f"{path} is a {image.mode} image, which genkd does not convert: save it as 8-bit RGB")
+
+
+def load_image_folder(folder: str | Path, report=print) -> np.ndarray:
+    """Every image under ``folder`` (recursively, sorted by path) as uint8 (N, H, W, 3); all must share one size.
+
+    Files without an image suffix (``IMAGE_SUFFIXES``; e.g. the metrics.json written here) are skipped, and
+    conversions to RGB (see ``_rgb``) are counted, each with one ``report`` line; an unreadable image stops it."""
     folder = Path(folder)
-    paths = sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)
+    if not folder.is_dir():
+        raise EvaluationError(f"{folder} is not a folder of images")
+    files = sorted(path for path in folder.rglob("*") if path.is_file())
+    paths = [path for path in files if path.suffix.lower() in IMAGE_SUFFIXES]
     if not paths:
         raise EvaluationError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {folder}")
-    images = []
+    images, converted = [], {}
     for path in paths:
-        with Image.open(path) as image:
-            images.append(np.asarray(image.convert("RGB")))
+        try:
+            with Image.open(path) as image:
+                pixels, conversion = _rgb(image, path)
+        except (OSError, SyntaxError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
+            if isinstance(error, EvaluationError):
+                raise
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise EvaluationError(f"{path} is not a readable image ({reason}): remove or re-save it") from None
+        if conversion:
+            converted[conversion] = converted.get(conversion, 0) + 1
+        images.append(pixels)
         if images[-1].shape != images[0].shape:
             raise EvaluationError(
                 f"images under {folder} differ in size ({paths[0].name}: {images[0].shape[:2]}, {path.name}: "
                 f"{images[-1].shape[:2]}): resize them to one size first"
             )
+    if len(files) > len(paths):
+        report(f"note: skipped {len(files) - len(paths)} files under {folder} that are not images")
+    for conversion, count in converted.items():
+        report(f"note: converted {count} {conversion} images under {folder} to RGB")
     return np.stack(images)
+
+
+NPZ_IMAGE_KEYS = ("x", "images", "arr_0")  # BigGAN-PyTorch's sample.py; a plain name; np.savez(path, array)
+
+
+def load_image_npz(path: str | Path) -> np.ndarray:
+    """Generated images saved as an .npz: uint8, (N, H, W, 3) or (N, 3, H, W) (BigGAN-PyTorch's sample.py writes
+    ``x`` as (N, 3, H, W)); returned as (N, H, W, 3)."""
+    path = Path(path)
+    try:
+        with np.load(path) as data:
+            key = next((key for key in NPZ_IMAGE_KEYS if key in data.files), None)
+            if key is None:
+                raise EvaluationError(
+                    f"{path} has no images under {', '.join(NPZ_IMAGE_KEYS)} (it holds {', '.join(data.files) or 'nothing'}): "
+                    "save them as np.savez(path, x=images)"
+                )
+            images = data[key]
+    except (OSError, ValueError) as error:
+        if isinstance(error, EvaluationError):
+            raise
+        raise EvaluationError(f"{path} is not a readable .npz file ({str(error).splitlines()[0]})") from None
+    if images.dtype != np.uint8:
+        raise EvaluationError(
+            f"{path}: {key} is {images.dtype}, expected uint8 pixels in 0..255: quantise first, e.g. "
+            "np.clip(np.rint((x + 1) * 127.5), 0, 255).astype(np.uint8) for images in [-1, 1]"
+        )
+    if images.ndim == 4 and images.shape[1] == 3 and images.shape[-1] != 3:
+        images = images.transpose(0, 2, 3, 1)
+    if images.ndim != 4 or images.shape[-1] != 3 or not len(images):
+        raise EvaluationError(f"{path}: {key} has shape {images.shape}, expected (N, H, W, 3) or (N, 3, H, W) RGB, N >= 1")
+    return np.ascontiguousarray(images)
+
+
+def load_images(source: str | Path, report=print) -> np.ndarray:
+    """An image folder or an .npz file of images."""
+    source = Path(source)
+    return load_image_npz(source) if source.suffix == ".npz" else load_image_folder(source, report)
+
+
+def select_images(images: np.ndarray, count: int, seed: int, source, report=print) -> np.ndarray:
+    """``count`` (eval.num_samples) of the given images: all of them, or a seeded subset; never fewer, since FID
+    depends on the number of samples and runs are compared at one count."""
+    if count > len(images):
+        raise EvaluationError(
+            f"{source} holds {len(images)} images but eval.num_samples is {count}: pass --num-samples {len(images)} "
+            "(compare only results at one count) or add images"
+        )
+    if count < len(images):
+        report(f"note: using {count} of the {len(images)} images of {source} (a random subset, eval.seed {seed})")
+        images = images[np.sort(np.random.default_rng(seed).choice(len(images), count, replace=False))]
+    return images
 
 
 def compute_metrics(fake: InceptionFeatures, reference: ReferenceStatistics, prdc_k: int, device) -> dict[str, float]:
@@ -139,11 +233,12 @@ class Evaluator:
             generator,
             num_classes,
             count,
-            batch_size=self.eval_cfg["batch_size"],
+            batch_size=self.eval_cfg["sample_batch_size"],
             seed=self.eval_cfg["seed"],
             accelerator=self.accelerator,
             gather=False,
             progress=self.progress,
+            mode=self.eval_cfg["sample_mode"],
         )
         return self._metrics(self._features(images, count, "fake"))
 
@@ -236,5 +331,8 @@ def _write_reference(path: Path, reference: ReferenceStatistics) -> None:
 
 
 def evaluate_folder(folder: str | Path, cfg: Mapping, accelerator=None, device=None, progress=True) -> dict[str, float]:
-    """Metrics of the images in ``folder`` against the reference split of ``cfg``."""
-    return Evaluator(cfg, accelerator, device, progress).evaluate_images(load_image_folder(folder))
+    """Metrics of ``eval.num_samples`` images of ``folder`` (or an .npz file) against the reference split of ``cfg``."""
+    evaluator = Evaluator(cfg, accelerator, device, progress)
+    report = print if accelerator is None or accelerator.is_main_process else lambda line: None
+    images = select_images(load_images(folder, report), cfg["eval"]["num_samples"], cfg["eval"]["seed"], folder, report)
+    return evaluator.evaluate_images(images)

@@ -19,11 +19,17 @@ semi-orthogonal matrix nearest to it. Why this form:
 Whitening is a target transform: its output is detached (the SVD's gradient is unstable at repeated singular values).
 
 ``layernorm`` (per-sample standardisation over the features, no affine) is VkD's choice for classification.
+
+``scale`` (``distill.target_scale``) sets the size of whitened targets: ``unit`` keeps the paper's orthonormal rows,
+``layernorm`` multiplies them by sqrt(C), the norm of a layer-normed row (zero mean, unit variance over C features).
+Layer norm and whitening then hand the loss targets of the same size, so a comparison of the two measures
+decorrelation alone, not a loss that is C times stronger (512x for CLIP ViT-B/32 under an element-mean mse).
 """
 import torch
 import torch.nn.functional as F
 
 NORMS = ("none", "layernorm", "whitening")
+TARGET_SCALES = ("unit", "layernorm")
 
 
 def whiten(features: torch.Tensor) -> torch.Tensor:
@@ -39,14 +45,22 @@ def layernorm(features: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return F.layer_norm(features.float(), features.shape[-1:], eps=eps)
 
 
-def normalize_features(features: torch.Tensor, kind: str) -> torch.Tensor:
-    """(B, C) -> (B, C) float32; ``kind`` is none | layernorm | whitening."""
+def normalize_features(features: torch.Tensor, kind: str, scale: str = "unit") -> torch.Tensor:
+    """(B, C) -> (B, C) float32; ``kind`` is none | layernorm | whitening, ``scale`` unit | layernorm (whitening)."""
     if features.ndim != 2 or len(features) == 0:
         raise ValueError(f"expected a non-empty batch of features (batch, channels), got shape {tuple(features.shape)}")
+    if scale not in TARGET_SCALES:
+        raise ValueError(f"unknown target scale {scale!r}; accepted: {', '.join(TARGET_SCALES)}")
+    if scale != "unit" and kind != "whitening":
+        raise ValueError(
+            f"distill.target_scale {scale} rescales whitened targets only, but distill.norm is {kind}: "
+            "use --distill.norm whitening or --distill.target-scale unit"
+        )
     if kind == "none":
         return features.float()
     if kind == "layernorm":
         return layernorm(features)
     if kind == "whitening":
-        return whiten(features)
+        whitened = whiten(features)
+        return whitened * features.shape[1] ** 0.5 if scale == "layernorm" else whitened
     raise ValueError(f"unknown feature normalisation {kind!r}; accepted: {', '.join(NORMS)}")

@@ -21,7 +21,7 @@ discriminator steps.
 import json
 import warnings
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import open_clip
 import torch
@@ -149,14 +149,24 @@ class Teacher(nn.Module):
         with torch.autocast(inputs.device.type, enabled=False):
             return self.encoder(inputs.to(self.input_dtype())).float()
 
+    def zero_shot_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """CLIP's zero-shot class logits: logit_scale * cos(image feature, prompt embedding), (B, num_prompts)."""
+        if not hasattr(self, "prompt_embeddings"):
+            raise TeacherError("this teacher was built without class prompts (build_teacher(..., prompts=...))")
+        return self.logit_scale * F.normalize(features.float(), dim=1) @ self.prompt_embeddings.T
+
     def input_dtype(self) -> torch.dtype:
         """The dtype of the first conv (a ViT's patch embedding): bf16/fp16 when built so, and after .to(dtype)."""
         stem = next((module for module in self.encoder.modules() if isinstance(module, nn.Conv2d)), None)
         return stem.weight.dtype if stem is not None else torch.float32
 
 
-def build_teacher(distill_cfg: Mapping) -> Teacher:
-    """The frozen open_clip image encoder described by ``distill_cfg`` (see the module docstring)."""
+def build_teacher(distill_cfg: Mapping, prompts: Sequence[str] = ()) -> Teacher:
+    """The frozen open_clip image encoder described by ``distill_cfg`` (see the module docstring).
+
+    With ``prompts`` the teacher also keeps their unit text embeddings and CLIP's logit scale, for
+    ``zero_shot_logits``; the text tower itself is dropped after this one use.
+    """
     model_name = resolve_model_name(distill_cfg["teacher"])
     checkpoint = checkpoint_file(distill_cfg, model_name)
     # the pretrained tag describes the weights even when they come from a local file: activation, mean/std, resize
@@ -171,4 +181,10 @@ def build_teacher(distill_cfg: Mapping) -> Teacher:
         force_image_size=distill_cfg.get("teacher_resolution") or None,
     )
     feature_dim = open_clip.get_model_config(model_name)["embed_dim"]
-    return Teacher(model.visual, feature_dim, distill_cfg["preprocess"])
+    teacher = Teacher(model.visual, feature_dim, distill_cfg["preprocess"])
+    if prompts:
+        with torch.no_grad():
+            text = model.encode_text(open_clip.get_tokenizer(model_name)(list(prompts))).float()
+        teacher.register_buffer("prompt_embeddings", F.normalize(text, dim=1), persistent=False)
+        teacher.logit_scale = model.logit_scale.exp().item()
+    return teacher

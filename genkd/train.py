@@ -20,11 +20,13 @@ import genkd  # noqa: F401  (first: makes torchvision importable on CPU-only tor
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import gather_object, set_seed
+from accelerate.utils import set_seed
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from genkd.checkpoint import CheckpointError, checkpoint_path, load_checkpoint, save_checkpoint
+from genkd.checkpoint import (
+    CheckpointError, accelerator_state, checkpoint_path, load_resume_checkpoint, restore_accelerator_state, save_checkpoint,
+)
 from genkd.config import ConfigError, config_and_resume, save_config
 from genkd.data import DataError, load_arrays, subset_indices
 from genkd.defaults import gan_config
@@ -35,6 +37,9 @@ from genkd.metrics.inception import InceptionWeightsError
 from genkd.models.biggan import build_models
 from genkd.speed import SpeedError, adam, prepare_module
 from genkd.speed import resolve as resolve_speed
+from genkd.regularizers import Regularizers
+from genkd.sampling import sampling_mode
+from genkd.preemption import GracefulStop, Preempted, stop_message
 from genkd.teachers import TeacherError
 
 
@@ -101,13 +106,21 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
 
 
 @torch.no_grad()
-def save_sample_grid(generator, noise, labels, path: Path, columns: int) -> None:
-    """Fixed noise, one row per class, so grids of one run are comparable across steps."""
-    images = torch.cat([generator(z, y) for z, y in zip(noise.split(500), labels.split(500))])
+def save_sample_grid(generator, noise, labels, path: Path, columns: int, mode: str, batch_size: int) -> None:
+    """Fixed noise, one row per class, so grids of one run are comparable across steps; drawn in ``eval.sample_mode``
+    (the reference's sample sheets, like its evaluation, use G_ema in train mode) in batches of
+    ``eval.sample_batch_size``."""
+    with sampling_mode(generator, mode):
+        images = torch.cat([generator(z, y) for z, y in zip(noise.split(batch_size), labels.split(batch_size))])
     save_image(images.float(), path, nrow=columns, normalize=True, value_range=(-1, 1))
 
 
 def main(argv=None):
+    with GracefulStop() as stop:  # SIGTERM / SIGINT / SIGUSR1: finish the step, checkpoint, exit 75
+        run_training(argv, stop)
+
+
+def run_training(argv, stop: GracefulStop) -> None:
     cfg, resume = config_and_resume(sys.argv[1:] if argv is None else argv, gan_config)
     run_dir = Path(cfg.run_dir)
     if resume is None and checkpoint_path(run_dir).is_file():
@@ -129,18 +142,19 @@ def main(argv=None):
     generator_ema, _ = build_models(cfg.model, num_classes)
     generator_ema.load_state_dict(generator.state_dict())
     generator_ema.to(device).eval().requires_grad_(False)
-    distiller = build_distiller(cfg.distill, discriminator.feature_dim)
+    distiller = build_distiller(cfg.distill, discriminator.feature_dim, num_classes)
     speed = resolve_speed(cfg.speed, device)  # genkd/speed.py: compiled, channels_last G and D, fused Adam
     for module in (generator, discriminator, *([distiller.teacher.encoder] if distiller else [])):
         prepare_module(module, speed)
     d_parameters = list(discriminator.parameters()) + (list(distiller.parameters()) if distiller else [])
     optimizer_g = adam(generator.parameters(), cfg.train.g_lr, cfg.train.betas, speed)
     optimizer_d = adam(d_parameters, cfg.train.d_lr, cfg.train.betas, speed)
+    regularizers = Regularizers(cfg.reg, reduce_mean=lambda tensor: accelerator.reduce(tensor, "mean"))
 
     evaluator = Evaluator(cfg, accelerator) if cfg.eval.every else None  # checks the Inception weights now
     step, best_fid = 0, math.inf
     if resume is not None:
-        state = load_checkpoint(run_dir)
+        state = load_resume_checkpoint(run_dir)  # last.pt, or an older one if it is unreadable
         generator.load_state_dict(state["G"])
         discriminator.load_state_dict(state["D"])
         generator_ema.load_state_dict(state["G_ema"])
@@ -151,6 +165,7 @@ def main(argv=None):
                 group.update(lr=lr, betas=tuple(cfg.train.betas))
         if distiller:
             distiller.projector.load_state_dict(state["projector"])
+        regularizers.load_state_dict(state.get("regularizers", {}))  # runs saved before regularisers existed: {}
         step, best_fid = state["step"], state["best_fid"]
     generator, discriminator, optimizer_g, optimizer_d = accelerator.prepare(
         generator, discriminator, optimizer_g, optimizer_d
@@ -160,13 +175,7 @@ def main(argv=None):
         if any(p.requires_grad for p in distiller.parameters()):
             distiller.projector = accelerator.prepare(distiller.projector)
     if resume is not None:  # after prepare, which may move things and draw random numbers
-        rng = state["rng"]
-        if len(rng) == world_size:
-            torch.set_rng_state(rng[rank]["cpu"])
-            if torch.cuda.is_available() and rng[rank]["cuda"] is not None:
-                torch.cuda.set_rng_state(rng[rank]["cuda"])
-        else:
-            accelerator.print(f"warning: resuming on {world_size} processes, saved with {len(rng)}: new random stream")
+        restore_accelerator_state(state, accelerator)  # fp16 GradScaler, random states of every process
 
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -174,13 +183,14 @@ def main(argv=None):
         (run_dir / "samples").mkdir(exist_ok=True)
     accelerator.init_trackers("tensorboard")
     columns = 10
+    sample_settings = (cfg.eval.sample_mode, cfg.eval.sample_batch_size)
     grid_generator = torch.Generator().manual_seed(cfg.seed)
     grid_noise = torch.randn(num_classes * columns, cfg.model.z_dim, generator=grid_generator).to(device)
     grid_labels = torch.arange(num_classes).repeat_interleave(columns).to(device)
     unwrapped_d = accelerator.unwrap_model(discriminator)
 
     def checkpoint(name: str) -> None:
-        rng = gather_object([{"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}])
+        saved_with = accelerator_state(accelerator)  # a collective: every process takes part
         if accelerator.is_main_process:
             save_checkpoint(
                 {
@@ -194,9 +204,12 @@ def main(argv=None):
                     "opt_G": optimizer_g.state_dict(),
                     "opt_D": optimizer_d.state_dict(),
                     "projector": accelerator.unwrap_model(distiller.projector).state_dict() if distiller else None,
-                    "rng": rng,
+                    "regularizers": regularizers.state_dict(),
+                    **saved_with,
                 },
                 checkpoint_path(run_dir, name),
+                keep=cfg.train.keep_checkpoints if name == "last" else 1,
+                step=step,
             )
 
     def stop_if_diverged(nonfinite: torch.Tensor) -> None:
@@ -210,7 +223,8 @@ def main(argv=None):
     batch = cfg.train.batch_size
     progress = tqdm(total=cfg.train.steps, initial=step, disable=not accelerator.is_local_main_process, desc="G steps")
     while step < cfg.train.steps:
-        # ---- discriminator: hinge loss on augmented real and fake images (+ distillation on the same images)
+        # ---- discriminator: hinge loss on augmented real and fake images (+ distillation on the same images,
+        #      + the configured regularisers, with the extra images they score in the same call)
         discriminator.train()
         for d_step in range(cfg.train.d_steps):
             real, real_labels = real_batches(step * cfg.train.d_steps + d_step)
@@ -218,14 +232,17 @@ def main(argv=None):
                 fake_labels = torch.randint(num_classes, (batch,), device=device)
                 fake = generator(torch.randn(batch, cfg.model.z_dim, device=device), fake_labels)
             augmented = diff_augment(torch.cat([real, fake.float()]), cfg.train.diffaug)
+            views, view_labels = regularizers.extra_views(real, augmented[:batch], real_labels)
             with accelerator.autocast():
-                logits, features = discriminator(augmented, torch.cat([real_labels, fake_labels]), return_features=True)
+                d_input, d_labels = torch.cat([augmented, views]), torch.cat([real_labels, fake_labels, view_labels])
+                logits, features = discriminator(d_input, d_labels, return_features=True)
                 loss_d_real = F.relu(1.0 - logits[:batch]).mean()
-                loss_d_fake = F.relu(1.0 + logits[batch:]).mean()
-                loss_d = loss_d_real + loss_d_fake
+                loss_d_fake = F.relu(1.0 + logits[batch : 2 * batch]).mean()
+                loss_reg, reg_terms = regularizers(logits.float(), batch, step)
+                loss_d = loss_d_real + loss_d_fake + loss_reg
                 if distiller and (step * cfg.train.d_steps + d_step) % cfg.distill.every == 0:
-                    loss_distill = distiller(features.float(), augmented)
-                    loss_d = loss_d + cfg.distill.weight * loss_distill
+                    loss_distill = distiller(features[: 2 * batch].float(), augmented, num_real=batch)
+                    loss_d = loss_d + distiller.weight * loss_distill
             optimizer_d.zero_grad(set_to_none=True)
             accelerator.backward(loss_d)
             optimizer_d.step()
@@ -253,10 +270,12 @@ def main(argv=None):
             logs = {"loss/d_real": loss_d_real.item(), "loss/d_fake": loss_d_fake.item(), "loss/g": loss_g.item()}
             if distiller:
                 logs["loss/distill"] = loss_distill.item()
+            logs.update({f"loss/{name}": term.item() for name, term in reg_terms.items()})  # unweighted, as distill
             accelerator.log(logs, step=step)
             progress.set_postfix({key.split("/")[1]: f"{value:.3f}" for key, value in logs.items()})
         if accelerator.is_main_process and (step % cfg.train.sample_every == 0 or step == cfg.train.steps):
-            save_sample_grid(generator_ema, grid_noise, grid_labels, run_dir / "samples" / f"{step:07d}.png", columns)
+            grid_path = run_dir / "samples" / f"{step:07d}.png"
+            save_sample_grid(generator_ema, grid_noise, grid_labels, grid_path, columns, *sample_settings)
         if evaluator and (step % cfg.eval.every == 0 or step == cfg.train.steps):
             stop_if_diverged(nonfinite)
             metrics = evaluator(generator_ema, num_classes)  # its own seeded noise: the training stream is untouched
@@ -265,9 +284,21 @@ def main(argv=None):
             if metrics["fid"] < best_fid:
                 best_fid = metrics["fid"]
                 checkpoint("best")
-        if step % cfg.train.ckpt_every == 0 or step == cfg.train.steps:
+        saved = step % cfg.train.ckpt_every == 0 or step == cfg.train.steps
+        if saved:
             stop_if_diverged(nonfinite)
             checkpoint("last")
+        if step < cfg.train.steps and stop.should_stop(accelerator):  # every process asks after the same step
+            if not saved:
+                stop_if_diverged(nonfinite)
+                checkpoint("last")
+            progress.close()
+            accelerator.wait_for_everyone()
+            accelerator.end_training()
+            where = f"after generator step {step}"
+            message = stop_message(stop.signal_name, where, checkpoint_path(run_dir), run_dir, "genkd.train", world_size)
+            accelerator.print(message)
+            raise Preempted(message)
     progress.close()
     accelerator.wait_for_everyone()  # tear down together: an early destroy_process_group can hang a peer
     accelerator.end_training()

@@ -383,3 +383,99 @@ def test_pilot_spurious_gradients_kd_vs_relation_matching_vs_vrm():
     pruned = vrm(keep_ratio=0.8)
     assert pruned[others].mean() < 0.5 * plain[others].mean()
     assert pruned.var() < 0.25 * plain.var()
+
+
+# --- VRM knobs: each changes the loss as its definition says ----------------------------------------------------------
+
+
+def vrm_batch(batch=6):
+    student, teacher = random_outputs(batch, seed=40), random_outputs(batch, seed=41)
+    student_virtual, teacher_virtual = random_outputs(batch, seed=42), random_outputs(batch, seed=43)
+    return student, teacher, labels_for(batch), (student_virtual, teacher_virtual)
+
+
+def vrm_terms(**knobs):
+    student, teacher, labels, virtual = vrm_batch()
+    return build("vrm", **knobs)(student, teacher, labels, virtual=virtual)
+
+
+def huber(a, b):
+    return F.smooth_l1_loss(a, b, reduction="none")
+
+
+def standardized_views():
+    student, teacher, _, (student_virtual, teacher_virtual) = vrm_batch()
+    z = [(x - x.mean(1, keepdim=True)) / (x.std(1, keepdim=True) + 1e-6)
+         for x in (student.logits, student_virtual.logits, teacher.logits, teacher_virtual.logits)]
+    return z, student.logits, student_virtual.logits
+
+
+def test_vrm_joint_entropy_is_the_sum_of_the_two_vertex_entropies():
+    real, virtual = random_outputs(batch=4, seed=44).logits, random_outputs(batch=4, seed=45).logits
+    p, q = F.softmax(real.double(), 1), F.softmax(virtual.double(), 1)
+    joint = edge_entropy(real, virtual, "joint")
+    for m in range(4):
+        for n in range(4):
+            product = torch.outer(p[m], q[n])  # the joint distribution of two independent predictions
+            assert joint[m, n].item() == pytest.approx(-(product * product.log()).sum().item(), rel=1e-5)
+    assert not torch.allclose(joint, edge_entropy(real, virtual, "cross"))
+
+
+def test_vrm_entropy_knob_changes_which_edges_are_matched():
+    (s, sv, t, tv), raw_real, raw_virtual = standardized_views()
+    for kind in ("cross", "joint"):
+        keep = reliable_edges(edge_entropy(raw_real, raw_virtual, kind), 0.5)
+        expected = 128 * huber(relation_edges(s, sv)[keep], relation_edges(t, tv)[keep]).mean()
+        assert vrm_terms(entropy=kind, keep_ratio=0.5)["inter_sample"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert vrm_terms(entropy="cross", keep_ratio=0.5)["inter_sample"] != vrm_terms(entropy="joint", keep_ratio=0.5)["inter_sample"]
+
+
+def test_vrm_edge_sum_reduction_scales_each_term_by_its_edge_length():
+    mean, edge_sum = vrm_terms(), vrm_terms(reduction="edge_sum")
+    assert edge_sum["inter_sample"].item() == pytest.approx(NUM_CLASSES * mean["inter_sample"].item(), rel=1e-5)
+    assert edge_sum["inter_class"].item() == pytest.approx(6 * mean["inter_class"].item(), rel=1e-5)  # batch 6
+    assert edge_sum["ce"] == mean["ce"]
+
+
+def test_vrm_inter_class_layouts_follow_their_definitions():
+    (s, sv, t, tv), _, _ = standardized_views()
+    cross = 32 * huber(relation_edges(s.T, sv.T), relation_edges(t.T, tv.T)).mean()
+    within = 32 * torch.cat([huber(relation_edges(a.T, a.T), relation_edges(b.T, b.T)).flatten()
+                             for a, b in ((s, t), (sv, tv))]).mean()
+    assert vrm_terms()["inter_class"].item() == pytest.approx(cross.item(), rel=1e-5)
+    assert vrm_terms(inter_class_layout="within_view")["inter_class"].item() == pytest.approx(within.item(), rel=1e-5)
+
+
+def test_vrm_inter_class_sample_pruning_drops_the_components_of_unreliable_samples():
+    (s, sv, t, tv), raw_real, raw_virtual = standardized_views()
+    reliable = reliable_edges(edge_entropy(raw_real, raw_virtual).diagonal(), 0.5)
+    assert reliable.sum() == 3
+    expected = 32 * huber(relation_edges(s.T, sv.T)[..., reliable], relation_edges(t.T, tv.T)[..., reliable]).mean()
+    pruned = vrm_terms(inter_class_pruning="samples", keep_ratio=0.5)
+    assert pruned["inter_class"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert pruned["inter_sample"] == vrm_terms(keep_ratio=0.5)["inter_sample"]
+
+
+def test_vrm_virtual_ce_adds_cross_entropy_on_the_virtual_view():
+    student, teacher, labels, virtual = vrm_batch()
+    assert "virtual_ce" not in vrm_terms()
+    terms = vrm_terms(virtual_ce_weight=0.5)
+    assert terms["virtual_ce"].item() == pytest.approx(0.5 * F.cross_entropy(virtual[0].logits, labels).item(), rel=1e-6)
+    assert {key: value for key, value in terms.items() if key != "virtual_ce"} == vrm_terms()
+
+
+def test_vrm_standardize_and_huber_delta_knobs():
+    (s, sv, t, tv), raw_real, raw_virtual = standardized_views()
+    student, teacher, _, (student_virtual, teacher_virtual) = vrm_batch()
+    keep = reliable_edges(edge_entropy(raw_real, raw_virtual), 0.8)
+    raw = relation_edges(student.logits, student_virtual.logits)[keep], relation_edges(teacher.logits, teacher_virtual.logits)[keep]
+    assert vrm_terms(standardize=False)["inter_sample"].item() == pytest.approx(128 * huber(*raw).mean().item(), rel=1e-5)
+    delta = F.smooth_l1_loss(relation_edges(s, sv)[keep], relation_edges(t, tv)[keep], beta=0.1)
+    assert vrm_terms(huber_delta=0.1)["inter_sample"].item() == pytest.approx(128 * delta.item(), rel=1e-5)
+
+
+def test_vrm_rejects_unknown_knob_values():
+    with pytest.raises(ValueError, match="VRM entropy must be one of cross, joint, got 'mutual'"):
+        build("vrm", entropy="mutual")
+    with pytest.raises(ValueError, match="VRM inter_class_layout must be one of cross_view, within_view"):
+        build("vrm", inter_class_layout="full")

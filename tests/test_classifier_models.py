@@ -1,13 +1,17 @@
 """The CIFAR model zoo: parameter counts of the papers, output structure, RepDistiller checkpoints, the CLIP probe."""
 import warnings
+from types import SimpleNamespace
 
+import huggingface_hub
 import pytest
 import torch
 
 import genkd  # noqa: F401  (before torchvision / open_clip)
 from genkd.checkpoint import CheckpointError, save_checkpoint
 from genkd.classifier.models import MODELS, ModelError, build_model, load_weights
+from genkd.classifier.losses import build_classifier_loss
 from genkd.classifier.models.clip import ClipClassifier
+from genkd.classifier.models.timm_zoo import TimmClassifier, TimmModelError
 from genkd.config import as_config
 from genkd.defaults import DEFAULTS
 from genkd.teachers import build_teacher
@@ -139,3 +143,120 @@ def test_clip_classifier(images):
     assert all(p.grad is None and not p.requires_grad for p in model.encoder.parameters())
     # only the linear probe is saved: the frozen encoder comes back from its own weights
     assert set(model.state_dict()) == {"weight", "bias"}
+
+
+# --- RepDistiller's ResNet50 ------------------------------------------------------------------------------------------
+
+
+def repdistiller_resnet50_keys():
+    """The state-dict keys of RepDistiller's ResNet50 (models/resnetv2.py), written out from reading that file:
+    conv1/bn1 stem; layer1..4 of 3/4/6/3 Bottlenecks, each conv1-3 + bn1-3 and, where the shape changes (the first
+    block of every layer: 64 -> 256 channels in layer1, stride 2 after), a ``shortcut`` = Sequential(conv, bn);
+    the ``linear`` head. (The identity shortcut is an empty Sequential: no keys.)"""
+    bn = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    keys = ["conv1.weight", *(f"bn1.{name}" for name in bn)]
+    for layer, blocks in enumerate((3, 4, 6, 3), start=1):
+        for block in range(blocks):
+            prefix = f"layer{layer}.{block}"
+            for index in (1, 2, 3):
+                keys += [f"{prefix}.conv{index}.weight", *(f"{prefix}.bn{index}.{name}" for name in bn)]
+            if block == 0:
+                keys += [f"{prefix}.shortcut.0.weight", *(f"{prefix}.shortcut.1.{name}" for name in bn)]
+    return keys + ["linear.weight", "linear.bias"]
+
+
+def test_resnet50_is_repdistillers():
+    model = build_model("resnet50", 100)
+    assert sum(p.numel() for p in model.parameters()) == 23_705_252  # RepDistiller's ResNet50 for 100 classes
+    assert list(model.state_dict()) == repdistiller_resnet50_keys()
+    assert model.stage_channels == [256, 512, 1024, 2048]
+    output = model(torch.zeros(2, 3, 32, 32))
+    assert [tuple(stage.shape[1:]) for stage in output.stages] == [(256, 32, 32), (512, 16, 16), (1024, 8, 8), (2048, 4, 4)]
+
+
+# --- timm models (heterogeneous setting) ------------------------------------------------------------------------------
+
+# (channels, height, width) of the four stages at 224 px. ResNets: MLDR-KD's _RESNET_STAGE_SHAPES (mldr_kd/models.py);
+# ViT-S / Mixer-B/16 / DeiT-T / ResMLP-S12: OFA's stage_info token shapes (197 or 196 tokens of width C: a 14 x 14
+# grid once the class token is dropped); Swin-T: OFA's (3136, 96) ... (49, 768) = 56^2 ... 7^2 tokens.
+PAPER_STAGE_SHAPES = {
+    "resnet18": [(64, 56, 56), (128, 28, 28), (256, 14, 14), (512, 7, 7)],
+    "resnet101": [(256, 56, 56), (512, 28, 28), (1024, 14, 14), (2048, 7, 7)],
+    "vit_small_patch16_224": [(384, 14, 14)] * 4,
+    "deit_tiny_patch16_224": [(192, 14, 14)] * 4,
+    "mixer_b16_224": [(768, 14, 14)] * 4,
+    "resmlp_12_224": [(384, 14, 14)] * 4,
+    "swin_tiny_patch4_window7_224": [(96, 56, 56), (192, 28, 28), (384, 14, 14), (768, 7, 7)],
+    "convnext_tiny": [(96, 56, 56), (192, 28, 28), (384, 14, 14), (768, 7, 7)],
+}
+OFA_BLOCKS = [1, 3, 9, 11]  # OFA's stage indices of 12-block ViT / Mixer / ResMLP (custom_forward/*.py)
+
+
+@pytest.mark.parametrize("arch", PAPER_STAGE_SHAPES)
+def test_timm_stage_shapes_at_224_match_the_references(arch):
+    """Full-size models on the meta device (shapes only, no memory, no weights)."""
+    with torch.device("meta"):
+        model = TimmClassifier(arch, 100)
+        output = model(torch.empty(2, 3, 224, 224))
+    assert [tuple(stage.shape[1:]) for stage in output.stages] == PAPER_STAGE_SHAPES[arch]
+    assert model.stage_channels == [shape[0] for shape in PAPER_STAGE_SHAPES[arch]]
+    assert output.pooled.shape == (2, model.feature_dim) and output.logits.shape == (2, 100)
+    if PAPER_STAGE_SHAPES[arch][0][1] == 14:  # isotropic
+        assert model.stage_indices == OFA_BLOCKS
+
+
+# Tiny random timm models (timm's test_* models, a ViT-S shrunk by arguments, a Mixer-S/16) at 32 px, on the CPU.
+TINY_TIMM = {
+    "test_resnet": {},
+    "test_convnext": {},
+    "test_efficientnet": {},
+    "test_vit": {},
+    "vit_small_patch16_224": {"img_size": 32, "patch_size": 4, "embed_dim": 32, "depth": 4, "num_heads": 2},
+    "mixer_s16_224": {"img_size": 32},  # Mixer names fix their patch size and width: only the input shrinks
+}
+
+
+@pytest.mark.parametrize("arch", TINY_TIMM)
+def test_timm_models_expose_four_stages_and_pooled_features_for_msdf_heads(arch, images):
+    torch.manual_seed(0)
+    model = TimmClassifier(arch, 10, **TINY_TIMM[arch]).eval()
+    with torch.no_grad():
+        output = model(images)
+        direct = model.model(images)  # timm's own forward: the wrapper's logits are the model's
+    assert len(output.stages) == 4 and all(stage.dim() == 4 and len(stage) == 4 for stage in output.stages)
+    assert [stage.shape[1] for stage in output.stages] == model.stage_channels
+    sides = [stage.shape[-1] for stage in output.stages]
+    assert sides == sorted(sides, reverse=True) and all(stage.shape[-1] == stage.shape[-2] for stage in output.stages)
+    assert output.pooled.shape == (4, model.feature_dim)
+    torch.testing.assert_close(output.logits, direct, rtol=1e-5, atol=1e-5)
+    # MLDR-KD's MSDF heads take these stages: one head per stage, each down to the last stage's side.
+    loss = build_classifier_loss({"method": "mldr"}, model, SimpleNamespace(feature_dim=24), 10)
+    per_stage, fused = loss.stage_logits(output.stages)
+    assert len(loss.stage_heads) == 4 and all(logits.shape == (4, 10) for logits in [*per_stage, fused])
+
+
+def test_timm_weights_round_trip_in_timm_and_wrapped_layouts(tmp_path, images):
+    """A timm training checkpoint ({'state_dict': ...}, DataParallel 'module.' keys) loads into the wrapper, and
+    timm.pretrained PATH initialises the backbone from a local file."""
+    torch.manual_seed(1)
+    source = TimmClassifier("test_vit", 10).eval()
+    weights = {f"module.{key}": value for key, value in source.model.state_dict().items()}
+    torch.save({"state_dict": weights, "epoch": 3}, tmp_path / "teacher.pth")
+    loaded = load_weights(TimmClassifier("test_vit", 10), tmp_path / "teacher.pth", "test_vit").eval()
+    torch.save(source.model.state_dict(), tmp_path / "plain.pth")
+    initialised = TimmClassifier("test_vit", 10, pretrained=str(tmp_path / "plain.pth")).eval()
+    with torch.no_grad():
+        expected = source(images).logits
+        torch.testing.assert_close(loaded(images).logits, expected)
+        # timm.pretrained loads the backbone; the classifier is re-initialised (timm's pretrained configs are for
+        # 1000 classes: fine-tuning semantics), so the features match, not the logits
+        torch.testing.assert_close(initialised(images).pooled, source(images).pooled)
+
+
+def test_timm_errors_name_the_option(monkeypatch):
+    with pytest.raises(TimmModelError, match="timm has no model 'resnet9000': set timm.student"):
+        TimmClassifier("resnet9000", 10)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # answer at once instead of retrying
+    with pytest.raises(TimmModelError, match="offline\\? .*timm.pretrained PATH, or model.teacher_checkpoint PATH") as error:
+        TimmClassifier("test_resnet", 10, pretrained="timm")
+    assert "\n" not in str(error.value)

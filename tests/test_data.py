@@ -3,17 +3,19 @@ import json
 import pickle
 import shutil
 import time
+import warnings
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from genkd.config import as_config
-from genkd.data import DataError, load_arrays, select_subset, subset_indices
+from genkd.data import DataError, load_arrays, official_order, select_subset, subset_indices
 
 
 def data_cfg(**overrides):
     cfg = {"dataset": "npz", "root": "", "download": False, "frac": 1.0, "balanced": False, "subset_seed": 0}
+    cfg["subset"] = "reference"
     cfg["num_workers"] = 0
     return as_config({**cfg, **overrides})
 
@@ -141,18 +143,171 @@ def test_bad_fractions_are_rejected(cifar10_arrays, frac):
 def test_subset_file_is_saved_reused_and_checked(cifar10_arrays, tmp_path):
     labels = cifar10_arrays[1]
     run_dir = tmp_path / "runs" / "new"  # created on first use
-    chosen = subset_indices(data_cfg(frac=0.1, subset_seed=5), labels, run_dir)
+    cfg = data_cfg(frac=0.1, subset_seed=5, subset="permutation")
+    chosen = subset_indices(cfg, labels, run_dir)
     saved = json.loads((run_dir / "subset_indices.json").read_text())
     assert saved["indices"] == chosen.tolist() and (saved["frac"], saved["seed"], saved["N"]) == (0.1, 5, 5170)
+    assert saved["subset"] == "permutation" and "official_indices" not in saved
     assert [p.name for p in run_dir.iterdir()] == ["subset_indices.json"]  # no temporary file left
     # The saved choice wins over a fresh draw (here: a file edited by hand to hold other indices).
     saved["indices"] = saved["indices"][::-1][:10]
     (run_dir / "subset_indices.json").write_text(json.dumps(saved))
-    assert subset_indices(data_cfg(frac=0.1, subset_seed=5), labels, run_dir).tolist() == saved["indices"]
+    assert subset_indices(cfg, labels, run_dir).tolist() == saved["indices"]
     message = r"was drawn with .*frac=0.1.* but this run asks for .*frac=0.2.*choose another --run-dir"
     with pytest.raises(DataError, match=message):
-        subset_indices(data_cfg(frac=0.2, subset_seed=5), labels, run_dir)
+        subset_indices({**cfg, "frac": 0.2}, labels, run_dir)
     with pytest.raises(DataError, match=r"seed=5.*seed=6"):
-        subset_indices(data_cfg(frac=0.1, subset_seed=6), labels, run_dir)
+        subset_indices({**cfg, "subset_seed": 6}, labels, run_dir)
+    with pytest.raises(DataError, match=r"subset=permutation.*subset=reference"):
+        subset_indices({**cfg, "subset": "reference"}, labels, run_dir)
     assert json.loads((run_dir / "subset_indices.json").read_text()) == saved  # not overwritten
-    assert np.array_equal(subset_indices(data_cfg(frac=0.1, subset_seed=5), labels, None), chosen)
+    assert np.array_equal(subset_indices(cfg, labels, None), chosen)
+    # A file written before data.subset existed was drawn by permutation.
+    del saved["subset"]
+    (run_dir / "subset_indices.json").write_text(json.dumps(saved))
+    assert subset_indices(cfg, labels, run_dir).tolist() == saved["indices"]
+    with pytest.raises(DataError, match=r"subset=permutation.*subset=reference"):
+        subset_indices({**cfg, "subset": "reference"}, labels, run_dir)
+
+
+# ---- the reference subset: data-efficient-gans DiffAugment-biggan-cifar/datasets.py, CIFAR10.__init__ with the
+# ---- scripts' --num_samples 5000 (10 %) / 10000 (20 %) and --seed 0
+
+
+def reference_call(num_samples: int, seed: int = 0) -> np.ndarray:
+    """The reference's draw, written as it is called there (global NumPy generator), then the state put back."""
+    state = np.random.get_state()
+    try:
+        np.random.seed(seed)
+        return np.random.choice(50000, num_samples, replace=False)
+    finally:
+        np.random.set_state(state)
+
+
+def official_labels(npz_path):
+    with np.load(npz_path) as data:
+        return data["y_train_full"].astype(np.int64), data["train_index"], data["y_train"].astype(np.int64)
+
+
+@pytest.mark.parametrize("which", ["cifar10", "cifar100"])
+@pytest.mark.parametrize(("frac", "num_samples"), [(0.1, 5000), (0.2, 10000)])
+def test_reference_subset_is_the_reference_call_for_torchvision_order(which, frac, num_samples, request):
+    full, _, _ = official_labels(request.getfixturevalue(f"{which}_npz"))
+    expected = np.sort(reference_call(num_samples))
+    assert np.array_equal(select_subset(full, frac, seed=0), expected)
+    # torchvision CIFAR is loaded in the official order: the loaded indices are the official ones.
+    chosen = subset_indices(data_cfg(dataset=which, frac=frac), full, None)
+    assert np.array_equal(chosen, expected)
+    # genkd's earlier draw shares only about frac of these images (494 of 5000 for CIFAR-10 at 10 %)
+    old = select_subset(full, frac, seed=0, method="permutation")
+    assert len(np.intersect1d(old, expected)) < 1.2 * frac * num_samples
+
+
+@pytest.mark.parametrize("which", ["cifar10", "cifar100"])
+def test_reference_subset_of_a_partial_npz_keeps_the_chosen_images_it_holds(which, request, tmp_path):
+    path = request.getfixturevalue(f"{which}_npz")
+    full, train_index, y_train = official_labels(path)
+    images, labels, _ = load_arrays(data_cfg(root=str(path)), "train")
+    reference = reference_call(5000)
+    held_official = np.intersect1d(reference, train_index)
+    with pytest.warns(UserWarning, match=rf"holds {len(held_official)} of the 5000 images of the reference subset"):
+        chosen = subset_indices(data_cfg(root=str(path), frac=0.1), labels, tmp_path)
+    assert np.array_equal(train_index[chosen], held_official)  # the same images as the reference, where held
+    assert np.array_equal(labels[chosen], full[held_official])  # and the labels genkd assigns are the official ones
+    assert np.array_equal(images[chosen], images[np.isin(train_index, reference)])
+    saved = json.loads((tmp_path / "subset_indices.json").read_text())
+    assert saved["subset"] == "reference" and saved["official_indices"] == held_official.tolist()
+    assert saved["indices"] == chosen.tolist()
+    # The saved file is reused without a new draw (and without the warning).
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.array_equal(subset_indices(data_cfg(root=str(path), frac=0.1), labels, tmp_path), chosen)
+
+
+def test_balanced_reference_subset_draws_per_class_in_official_space(cifar10_npz):
+    full, train_index, y_train = official_labels(cifar10_npz)
+    rng = np.random.RandomState(0)  # the reference's per-class draw (its val_split code): one seed, classes in order
+    per_class = [np.flatnonzero(full == label)[rng.choice(5000, 500, replace=False)] for label in range(10)]
+    expected = np.sort(np.concatenate(per_class))
+    assert np.array_equal(select_subset(full, 0.1, seed=0, balanced=True), expected)
+    with pytest.warns(UserWarning, match=r"holds \d+ of the 5000 images"):
+        chosen = subset_indices(data_cfg(root=str(cifar10_npz), frac=0.1, balanced=True), y_train, None)
+    assert np.array_equal(train_index[chosen], np.intersect1d(expected, train_index))
+
+
+def test_permutation_subset_is_the_earlier_draw(cifar10_arrays):
+    labels = cifar10_arrays[1]
+    for seed in (0, 7):
+        rng = np.random.default_rng(seed)
+        expected = np.sort(rng.permutation(len(labels))[:517])
+        assert np.array_equal(select_subset(labels, 0.1, seed, method="permutation"), expected)
+        cfg = data_cfg(frac=0.1, subset_seed=seed, subset="permutation")
+        assert np.array_equal(subset_indices(cfg, labels, None), expected)
+        rng = np.random.default_rng(seed)
+        balanced = np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:52] for c in range(10)]))
+        assert np.array_equal(select_subset(labels, 0.1, seed, balanced=True, method="permutation"), balanced)
+    with pytest.raises(DataError, match=r"unknown data.subset 'sorted'; accepted: reference, permutation"):
+        select_subset(labels, 0.1, 0, method="sorted")
+
+
+def _write_folder(root, images, labels, names, class_names):
+    for image, label, name in zip(images, labels, names):
+        (root / "train" / class_names[label]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(root / "train" / class_names[label] / f"{name}.png")
+
+
+def test_numbered_image_folder_gives_the_reference_images(cifar10_npz, tmp_path):
+    """A folder named by official index (here data_batch_1's first 1102 images and, to state the official size,
+    the last training image, a stand-in picture of its official class) selects the reference's images."""
+    full, train_index, _ = official_labels(cifar10_npz)
+    with np.load(cifar10_npz) as data:
+        x_train, class_names = data["x_train"], [str(name) for name in data["class_names"]]
+    keep = train_index < 1102
+    positions = np.append(train_index[keep], 49999)
+    images = np.concatenate([x_train[keep], x_train[:1]])
+    _write_folder(tmp_path, images, full[positions], [f"{p:05d}" for p in positions], class_names)
+    cfg = data_cfg(dataset="folder", root=str(tmp_path), frac=0.1)
+    folder_images, folder_labels, _ = load_arrays(cfg, "train")
+    order = official_order(cfg, folder_labels)
+    assert np.array_equal(np.sort(order.positions), np.sort(positions)) and len(order.labels) == 50000
+    reference = reference_call(5000)
+    with pytest.warns(UserWarning, match=r"image folder .* holds \d+ of the 5000 images of the reference subset"):
+        chosen = subset_indices(cfg, folder_labels, None)
+    assert np.array_equal(np.sort(order.positions[chosen]), np.intersect1d(reference, positions))
+    assert np.array_equal(folder_labels[chosen], full[order.positions[chosen]])
+    by_position = dict(zip(train_index.tolist(), x_train))
+    assert all(np.array_equal(folder_images[i], by_position[p]) for i, p in zip(chosen, order.positions[chosen]))
+
+
+def test_image_folder_without_official_names(cifar10_arrays, tmp_path):
+    x_train, y_train, _, _ = cifar10_arrays
+    names = [str(label) for label in range(10)]
+    _write_folder(tmp_path, x_train[:40], y_train[:40], [f"img_{i}" for i in range(40)], names)
+    cfg = data_cfg(dataset="folder", root=str(tmp_path), frac=0.5)
+    labels = load_arrays(cfg, "train")[1]
+    with pytest.warns(UserWarning, match=r"does not state the official order .*differs from the reference's images"):
+        assert np.array_equal(subset_indices(cfg, labels, None), select_subset(labels, 0.5, 0))
+    (tmp_path / "train" / names[y_train[0]] / "img_0.png").rename(tmp_path / "train" / names[y_train[0]] / "0.png")
+    with pytest.raises(DataError, match=r"some file names are official indices and some are not"):
+        subset_indices(cfg, labels, None)
+    for index, path in enumerate(sorted((tmp_path / "train").rglob("*.png"))):
+        path.rename(path.with_name(f"{index % 4}.png"))  # numbered per class, not by official index
+    with pytest.raises(DataError, match=r"numbered per class\?\); name each file by its official index"):
+        subset_indices(cfg, labels, None)
+
+
+def test_npz_with_inconsistent_official_order(cifar10_arrays, tmp_path):
+    x_train, y_train, x_test, y_test = cifar10_arrays
+    np.savez(tmp_path / "half.npz", x_train=x_train[:8], y_train=y_train[:8], x_test=x_test[:2], y_test=y_test[:2],
+             train_index=np.arange(8))  # fmt: skip
+    with pytest.raises(DataError, match=r"has train_index but not y_train_full: an npz states the official order"):
+        subset_indices(data_cfg(root=str(tmp_path / "half.npz"), frac=0.5), y_train[:8], None)
+    np.savez(tmp_path / "bad.npz", x_train=x_train[:8], y_train=y_train[:8], x_test=x_test[:2], y_test=y_test[:2],
+             train_index=np.arange(8), y_train_full=(y_train[:8] + 1) % 10)  # fmt: skip
+    with pytest.raises(DataError, match=r"y_train_full\[train_index\] differs from y_train"):
+        subset_indices(data_cfg(root=str(tmp_path / "bad.npz"), frac=0.5), y_train[:8], None)
+    # An npz without them is in its own order, taken as the official one.
+    np.savez(tmp_path / "plain.npz", x_train=x_train[:8], y_train=y_train[:8], x_test=x_test[:2], y_test=y_test[:2])
+    expected = np.sort(np.random.RandomState(0).choice(8, 4, replace=False))
+    chosen = subset_indices(data_cfg(root=str(tmp_path / "plain.npz"), frac=0.5), y_train[:8], None)
+    assert np.array_equal(chosen, expected)

@@ -208,6 +208,7 @@ def test_evaluate_cli_writes_metrics_json_for_a_run(run_dir, capsys):
     assert record["settings"]["eval"]["num_samples"] == COUNT and record["settings"]["data"]["dataset"] == "npz"
     printed = capsys.readouterr().out
     assert "fid" in printed and "coverage" in printed and str(run_dir / "metrics.json") in printed
+    assert f"checkpoint {run_dir / 'checkpoints' / 'last.pt'} (step 1)" in printed  # no best.pt: the last one
 
 
 def test_evaluate_cli_errors_are_one_line(tmp_path, run_dir):
@@ -260,8 +261,8 @@ def test_compare_norms_reads_up_to_date_metrics_and_writes_table_and_chart(
     assert Image.open(out / "norms.png").size[0] > 1000
 
     # A changed evaluation setting makes the stored metrics stale.
-    assert compare_norms.up_to_date_metrics(runs[0], ["--num-samples", str(COUNT)]) is not None
-    assert compare_norms.up_to_date_metrics(runs[0], ["--num-samples", str(COUNT + 1)]) is None
+    assert compare_norms.up_to_date_record(runs[0], ["--num-samples", str(COUNT)]) is not None
+    assert compare_norms.up_to_date_record(runs[0], ["--num-samples", str(COUNT + 1)]) is None
 
 
 def test_compare_norms_tells_its_options_from_evaluation_overrides():
@@ -272,3 +273,198 @@ def test_compare_norms_tells_its_options_from_evaluation_overrides():
     args = compare_norms.build_parser().parse_args(own)
     assert (args.train, args.train_args) == (["a.yaml", "b.yaml"], "--data.frac 0.1")
     assert (args.runs, args.device) == ([Path("runs/x")], "cpu")
+
+
+@pytest.fixture
+def run_with_best(tmp_path, run_dir):
+    """A run whose checkpoints/best.pt (step 4) and last.pt (step 6) hold different EMA generators."""
+    run = tmp_path / "run_with_best"
+    run.mkdir()
+    shutil.copy(run_dir / "config.yaml", run / "config.yaml")
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    for name, step, seed in (("best", 4, 1), ("last", 6, 2)):
+        torch.manual_seed(seed)
+        generator, _ = build_models(state["config"]["model"], 10)
+        save_checkpoint({**state, "step": step, "G_ema": generator.state_dict()}, run / "checkpoints" / f"{name}.pt")
+    return run
+
+
+def test_load_generator_chooses_best_then_last(run_with_best, run_dir, tmp_path):
+    from genkd.checkpoint import CheckpointError, load_generator
+
+    checkpoints = run_with_best / "checkpoints"
+    for which, name, step in (("auto", "best", 4), ("best", "best", 4), ("last", "last", 6)):
+        loaded = load_generator(run_with_best, which=which)
+        assert (loaded.path, loaded.step) == (checkpoints / f"{name}.pt", step)
+        saved = torch.load(checkpoints / f"{name}.pt", weights_only=True)["G_ema"]
+        assert all(torch.equal(value, saved[key]) for key, value in loaded.generator.state_dict().items())
+    assert load_generator(checkpoints / "last.pt", which="best").step == 6  # a file is taken as it is
+    assert load_generator(run_dir).path == run_dir / "checkpoints" / "last.pt"  # no best.pt: last
+    with pytest.raises(CheckpointError, match=r"no checkpoint at .*best.pt: it is written by evaluations during"):
+        load_generator(run_dir, which="best")
+    with pytest.raises(CheckpointError, match="unknown checkpoint choice 'first': use one of auto, best, last"):
+        load_generator(run_dir, which="first")
+
+
+class WeightSumEvaluator:
+    """Stands in for the Evaluator where only the choice of checkpoint is under test (no Inception pass): every
+    metric is the sum of the generator's weights, so two generators give two results."""
+
+    def __init__(self, cfg, accelerator=None, device=None):
+        self.weights = Path(cfg.eval.inception_weights)
+
+    def __call__(self, generator, num_classes):
+        total = sum(value.double().sum().item() for value in generator.state_dict().values())
+        return dict.fromkeys(METRIC_KEYS, total)
+
+
+def test_evaluate_cli_defaults_to_best_and_says_which_checkpoint(run_with_best, capsys, monkeypatch):
+    monkeypatch.setattr(evaluate, "Evaluator", WeightSumEvaluator)
+    checkpoints = run_with_best / "checkpoints"
+    evaluate.main([str(run_with_best), "--device", "cpu"])
+    assert f"checkpoint {checkpoints / 'best.pt'} (step 4)" in capsys.readouterr().out
+    record = json.loads((run_with_best / "metrics.json").read_text())
+    assert record["source"] == file_identity(checkpoints / "best.pt") and record["step"] == 4
+    best_weights = torch.load(checkpoints / "best.pt", weights_only=True)["G_ema"]
+    assert record["metrics"]["fid"] == sum(value.double().sum().item() for value in best_weights.values())
+
+    evaluate.main([str(run_with_best), "--device", "cpu", "--checkpoint", "last"])
+    assert f"checkpoint {checkpoints / 'last.pt'} (step 6)" in capsys.readouterr().out
+    last = json.loads((run_with_best / "metrics_last.json").read_text())  # metrics.json stays the reported one
+    assert last["source"] == file_identity(checkpoints / "last.pt") and last["step"] == 6
+    assert last["metrics"] != record["metrics"]  # another generator
+
+    evaluate.main([str(checkpoints / "best.pt"), "--device", "cpu"])  # the run's reported checkpoint, named
+    assert sorted(path.name for path in run_with_best.glob("metrics*.json")) == ["metrics.json", "metrics_last.json"]
+    with pytest.raises(SystemExit, match="unknown checkpoint choice 'first'"):
+        evaluate.main([str(run_with_best), "--device", "cpu", "--checkpoint", "first"])
+
+
+def test_compare_norms_uses_best_and_says_which_checkpoint(run_with_best, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(evaluate, "Evaluator", WeightSumEvaluator)
+    evaluate.main([str(run_with_best), "--device", "cpu"])  # metrics.json of best.pt
+    checkpoints = run_with_best / "checkpoints"
+    assert compare_norms.up_to_date_record(run_with_best, [])["source"] == file_identity(checkpoints / "best.pt")
+    assert compare_norms.up_to_date_record(run_with_best, [], "last") is None  # last.pt was never evaluated
+    assert compare_norms.up_to_date_record(run_with_best, ["--num-samples", "11"]) is None  # other settings
+    capsys.readouterr()
+    compare_norms.main([str(run_with_best), "--out", str(tmp_path / "out"), "--device", "cpu"])
+    assert f"checkpoint {(checkpoints / 'best.pt').resolve()} (step 4): metrics up to date" in capsys.readouterr().out
+    rows = compare_norms.main([str(run_with_best), "--out", str(tmp_path / "out"), "--device", "cpu", "--checkpoint",
+                               "last"])  # fmt: skip
+    assert f"checkpoint {checkpoints / 'last.pt'} (step 6)" in capsys.readouterr().out  # evaluated now
+    assert rows[0]["fid"] == json.loads((run_with_best / "metrics_last.json").read_text())["metrics"]["fid"]
+
+
+# ---------------------------------------------------------------- bad evaluation input
+
+
+def test_greyscale_palette_and_opaque_rgba_images_are_converted_with_a_note(tmp_path):
+    grey = np.arange(32 * 32, dtype=np.uint8).reshape(32, 32)
+    Image.fromarray(grey, "L").save(tmp_path / "a_grey.png")
+    rgba = np.dstack([np.full((32, 32, 3), 7, np.uint8), np.full((32, 32), 255, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "b_rgba.png")
+    Image.new("RGB", (32, 32), (1, 2, 3)).convert("P", palette=Image.Palette.ADAPTIVE).save(tmp_path / "c_palette.png")
+    (tmp_path / "metrics.json").write_text("{}")  # e.g. written by an earlier evaluation
+    notes = []
+    images = load_image_folder(tmp_path, notes.append)
+    assert images.shape == (3, 32, 32, 3) and images.dtype == np.uint8
+    assert all(np.array_equal(images[0][..., c], grey) for c in range(3)) and (images[1] == 7).all()
+    assert (images[2] == (1, 2, 3)).all()
+    assert sorted(notes) == sorted([
+        f"note: skipped 1 files under {tmp_path} that are not images",
+        f"note: converted 1 greyscale images under {tmp_path} to RGB",
+        f"note: converted 1 RGBA (opaque) images under {tmp_path} to RGB",
+        f"note: converted 1 palette images under {tmp_path} to RGB",
+    ])  # fmt: skip
+
+
+def bad_folder(root: Path, kind: str) -> Path:
+    """An image folder (or .npz file) with one kind of problem, next to 11 good 32x32 RGB images."""
+    folder = root / kind
+    folder.mkdir()
+    for index in range(11):
+        Image.new("RGB", (32, 32), (index, 0, 0)).save(folder / f"{index:02d}.png")
+    if kind == "mixed_sizes":
+        Image.new("RGB", (64, 64)).save(folder / "99.png")
+    elif kind == "transparent":
+        Image.new("RGBA", (32, 32), (0, 0, 0, 128)).save(folder / "99.png")
+    elif kind == "sixteen_bit":
+        Image.fromarray(np.zeros((32, 32), np.uint16)).save(folder / "99.png")
+    elif kind == "not_an_image":
+        (folder / "99.png").write_text("an HTML error page saved as .png")
+    elif kind == "truncated":
+        whole = (folder / "00.png").read_bytes()
+        (folder / "99.png").write_bytes(whole[: len(whole) // 2])
+    elif kind == "empty":
+        for path in folder.iterdir():
+            path.unlink()
+        (folder / "notes.txt").write_text("no images here")
+    elif kind == "too_few":
+        pass  # 11 images, 20 asked for
+    else:  # .npz files
+        images = np.zeros((12, 32, 32, 3), np.uint8)
+        arrays = {
+            "npz_float": {"x": images.astype(np.float32) / 255},
+            "npz_shape": {"x": images[..., 0]},
+            "npz_keys": {"samples": images},
+        }[kind]
+        folder = root / f"{kind}.npz"
+        np.savez(folder, **arrays)
+    return folder
+
+
+BAD_INPUT = {
+    "mixed_sizes": r"images under .* differ in size \(00.png: \(32, 32\), 99.png: \(64, 64\)\): resize them",
+    "transparent": r"99.png has transparent pixels \(RGBA\): flatten it onto a background",
+    "sixteen_bit": r"99.png is a I;16 image, which genkd does not convert: save it as 8-bit RGB",
+    "not_an_image": r"99.png is not a readable image \(cannot identify image file .*\): remove or re-save it",
+    "truncated": r"99.png is not a readable image \(.*\): remove or re-save it",
+    "empty": r"no images \(.*\) found under .*empty",
+    "too_few": r"too_few holds 11 images but eval.num_samples is 20: pass --num-samples 11",
+    "npz_float": r"npz_float.npz: x is float32, expected uint8 pixels in 0..255: quantise first",
+    "npz_shape": r"npz_shape.npz: x has shape \(12, 32, 32\), expected \(N, H, W, 3\) or \(N, 3, H, W\)",
+    "npz_keys": r"npz_keys.npz has no images under x, images, arr_0 \(it holds samples\): save them as",
+}
+
+
+@pytest.mark.parametrize("kind", BAD_INPUT)
+def test_bad_evaluation_input_gets_one_line_and_no_metrics_file(kind, tmp_path, cifar10_npz, inception_weights, cache_dir):
+    source = bad_folder(tmp_path, kind)
+    argv = [str(source), "--device", "cpu", "--num-samples", "20", "--data.dataset", "npz", "--data.root", str(cifar10_npz),
+            "--inception-weights", str(inception_weights), "--eval.cache_dir", str(cache_dir)]  # fmt: skip
+    with pytest.raises(SystemExit, match="^error: (.*/)?" + BAD_INPUT[kind]) as error:
+        evaluate.main(argv)
+    assert "\n" not in str(error.value)
+    assert not list(tmp_path.rglob("*metrics*.json"))
+
+
+def test_npz_images_in_either_layout_match_the_folder(tmp_path, cifar10_npz, inception_weights, cache_dir, capsys):
+    """BigGAN-PyTorch's samples.npz holds x as uint8 (N, 3, H, W); a larger set is cut to a seeded eval.num_samples."""
+    images = reference_images(load_config(DEFAULTS, ["--data.dataset", "npz", "--data.root", str(cifar10_npz)]).data, "test", 2 * COUNT)
+    np.savez(tmp_path / "samples.npz", x=images.transpose(0, 3, 1, 2), y=np.zeros(len(images)))
+    cfg = eval_config(cifar10_npz, inception_weights, cache_dir)
+    from genkd.evaluation import load_image_npz, select_images
+
+    assert np.array_equal(load_image_npz(tmp_path / "samples.npz"), images)
+    chosen = select_images(images, COUNT, 0, "samples.npz")
+    assert f"note: using {COUNT} of the {2 * COUNT} images of samples.npz (a random subset, eval.seed 0)" in capsys.readouterr().out
+    assert evaluate_folder(tmp_path / "samples.npz", cfg, progress=False) == Evaluator(cfg, progress=False).evaluate_images(chosen)
+
+
+def test_a_signal_stops_an_evaluation_without_writing(run_dir, monkeypatch, capsys):
+    import os
+    import signal
+
+    from genkd.preemption import EXIT_PREEMPTED
+
+    def signalled(self, generator, num_classes):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("the signal should have stopped the evaluation")
+
+    monkeypatch.setattr(evaluate.Evaluator, "__call__", signalled)
+    out = run_dir / "metrics_stopped.json"
+    with pytest.raises(SystemExit) as stopped:
+        evaluate.main([str(run_dir), "--device", "cpu", "--num-samples", str(COUNT), "--out", str(out)])
+    assert stopped.value.code == EXIT_PREEMPTED and not out.exists()
+    assert "evaluation stopped by SIGTERM: nothing written; run the same command again" in capsys.readouterr().err

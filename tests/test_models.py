@@ -88,6 +88,7 @@ def test_spectral_norm_on_every_conv_and_linear_layer():
         assert parametrize.is_parametrized(module, "weight") != plain, name
         if plain:
             continue
+        assert module.parametrizations.weight[0].eps == 1e-8, name  # the reference's --SN_eps
         for _ in range(100):  # every read of .weight in training mode runs one power iteration
             module.weight
         sigma = torch.linalg.matrix_norm(module.weight.detach().flatten(1), ord=2)
@@ -141,3 +142,22 @@ def test_reference_widths_give_the_reference_parameter_counts():
 def test_generator_block_count_is_checked():
     with pytest.raises(ValueError, match=r"1 to 5 up-sampling blocks for 32x32 images, got 6"):
         Generator(num_classes=10, width=2, blocks=6)
+
+
+def test_default_conditioning_is_the_references_per_layer_embeddings():
+    """model.shared_dim defaults to 0 (G_shared off in every reference script): each conditional batch norm owns
+    plain (n_classes, channels) embeddings and the output is bn(x) * (1 + gain[y]) + bias[y]."""
+    from genkd.defaults import DEFAULTS
+
+    assert DEFAULTS["model"]["shared_dim"] == 0
+    generator = Generator(num_classes=10, width=2)
+    assert isinstance(generator.shared, nn.Identity)
+    norm = generator.blocks[0].bn1
+    assert isinstance(norm.gain, nn.Embedding) and norm.gain.weight.shape == (10, 8)
+    assert not parametrize.is_parametrized(norm.gain) and (norm.norm.eps, norm.norm.momentum) == (1e-5, 0.1)
+    torch.manual_seed(0)
+    x, y = torch.randn(5, 8, 4, 4), torch.tensor([0, 3, 3, 9, 1])
+    mean, var = x.mean(dim=(0, 2, 3), keepdim=True), x.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+    gain, bias = norm.gain.weight[y, :, None, None], norm.bias.weight[y, :, None, None]
+    expected = (x - mean) / torch.sqrt(var + 1e-5) * (1 + gain) + bias
+    assert torch.allclose(norm(x, y), expected, atol=1e-5)

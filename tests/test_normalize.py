@@ -82,3 +82,19 @@ def test_none_and_errors(image_features):
         normalize_features(image_features, "batchnorm")
     with pytest.raises(ValueError, match=r"a non-empty batch of features \(batch, channels\), got shape \(3,\)"):
         normalize_features(torch.zeros(3), "whitening")
+
+
+def test_target_scale_gives_unit_or_layernorm_sized_rows(image_features):
+    """unit: whitened rows of norm 1 (the paper); layernorm: whitened rows of norm sqrt(C), a layer-normed row's."""
+    width = image_features.shape[1]
+    unit = normalize_features(image_features, "whitening", "unit")
+    scaled = normalize_features(image_features, "whitening", "layernorm")
+    torch.testing.assert_close(unit.norm(dim=1), torch.ones(50), atol=1e-4, rtol=0)
+    torch.testing.assert_close(scaled.norm(dim=1), torch.full((50,), width**0.5), rtol=1e-4, atol=0)
+    torch.testing.assert_close(scaled @ scaled.T / width, torch.eye(50), atol=1e-4, rtol=0)  # still decorrelated
+    layer_normed = normalize_features(image_features, "layernorm")
+    torch.testing.assert_close(layer_normed.norm(dim=1), torch.full((50,), width**0.5), rtol=1e-3, atol=0)
+    with pytest.raises(ValueError, match="rescales whitened targets only, but distill.norm is layernorm"):
+        normalize_features(image_features, "layernorm", "layernorm")
+    with pytest.raises(ValueError, match="unknown target scale 'sqrt'; accepted: unit, layernorm"):
+        normalize_features(image_features, "whitening", "sqrt")

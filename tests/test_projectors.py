@@ -3,6 +3,8 @@ import pytest
 import torch
 from torch import nn
 
+from torch.nn.utils import parametrize
+
 from genkd.projectors import build_projector
 
 SHAPES = {"tall": (16, 40), "wide": (40, 16), "square": (24, 24)}  # (in_dim, out_dim)
@@ -87,7 +89,42 @@ def test_linear_and_identity_projectors():
 def test_projector_errors():
     with pytest.raises(ValueError, match="identity projector needs equal widths, got student 256 and teacher 512"):
         build_projector("identity", 256, 512)
-    with pytest.raises(ValueError, match="unknown projector 'mlp'; accepted: identity, linear, orthogonal"):
-        build_projector("mlp", 4, 4)
+    with pytest.raises(ValueError, match="unknown projector 'conv'; accepted: identity, linear, orthogonal, mlp"):
+        build_projector("conv", 4, 4)
     with pytest.raises(ValueError, match="unknown orthogonal map 'householder'; accepted: matrix_exp, cayley"):
         build_projector("orthogonal", 4, 8, "householder")
+
+
+def test_mlp_head_is_kd_dlgans_two_spectrally_normalised_affine_maps():
+    """SN linear 256 -> 1024 -> 512 with biases and nothing between (KD-DLGAN's linear_cls_1 / linear_cls_2)."""
+    torch.manual_seed(0)
+    head = build_projector("mlp", 256, 512)
+    first, second = head
+    assert (first.weight.shape, second.weight.shape) == ((1024, 256), (512, 1024))
+    assert first.bias.shape == (1024,) and second.bias.shape == (512,)
+    for layer in head:
+        assert parametrize.is_parametrized(layer, "weight")
+        assert type(layer.parametrizations.weight[0]).__name__ == "_SpectralNorm"
+        assert layer.parametrizations.weight.original.std().item() == pytest.approx(0.02, rel=0.05)  # N02 init
+    x = 10 * torch.randn(8, 256)
+    for _ in range(300):  # training-mode calls run the power iteration: sigma converges to the top singular value
+        head(x)
+    head.eval()
+    for layer in head:
+        assert torch.linalg.matrix_norm(layer.weight.detach(), ord=2).item() == pytest.approx(1.0, abs=1e-3)
+    affine = (x @ first.weight.T + first.bias) @ second.weight.T + second.bias  # no activation: negatives pass
+    torch.testing.assert_close(head(x), affine)
+
+
+def test_mlp_head_state_dict_round_trip():
+    """The spectral-norm power-iteration vectors are buffers: a checkpoint brings back the same normalised weights."""
+    torch.manual_seed(0)
+    saved = build_projector("mlp", 16, 40)
+    for _ in range(3):
+        saved(torch.randn(8, 16))
+    torch.manual_seed(1)
+    restored = build_projector("mlp", 16, 40)
+    restored.load_state_dict(saved.state_dict())
+    saved.eval(), restored.eval()
+    x = torch.randn(5, 16)
+    torch.testing.assert_close(restored(x), saved(x))

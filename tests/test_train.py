@@ -34,6 +34,22 @@ def test_run_writes_samples_events_checkpoint_config_and_subset(tiny_run, tmp_pa
     assert (run_dir / "config.yaml").is_file() and (run_dir / "subset_indices.json").is_file()
 
 
+def test_sample_grids_follow_the_sampling_mode_and_write_nothing_into_the_generator(tiny_run, tmp_path):
+    """Grids in train mode (the reference's sample sheets) use batch statistics, so they differ from eval-mode grids of
+    the same generator; drawing them leaves every state of the run unchanged."""
+    import numpy as np
+    from PIL import Image
+
+    for mode in ("train", "eval"):
+        train.main(tiny_run(mode, "--train.steps", "2", "--eval.sample-mode", mode))
+    grids = {mode: np.asarray(Image.open(tmp_path / mode / "samples" / "0000002.png")) for mode in ("train", "eval")}
+    assert grids["train"].shape == grids["eval"].shape and not np.array_equal(grids["train"], grids["eval"])
+    states = {mode: load_checkpoint(tmp_path / mode) for mode in ("train", "eval")}
+    for key in ("G", "D", "G_ema"):
+        for name, value in states["train"][key].items():
+            assert torch.equal(value, states["eval"][key][name]), f"{key}.{name} depends on the grid's mode"
+
+
 def test_resume_is_exact(tiny_run, tmp_path):
     train.main(tiny_run("straight", "--train.steps", "4"))
     train.main(tiny_run("halves", "--train.steps", "2"))
@@ -114,6 +130,19 @@ def test_distillation_run_logs_a_decreasing_distillation_loss(tiny_run, tmp_path
     assert sum(losses[-4:]) < 0.5 * sum(losses[:4]), losses
 
 
+@pytest.mark.parametrize("method", ["kd-dlgan", "label"])
+def test_paper_distillation_methods_train_and_resume_exactly(tiny_run, tmp_path, method):
+    """KD-DLGAN's aggregated pairing (real/fake split passed by the loop) and label distillation's class head."""
+    with pytest.warns(UserWarning, match="random"):
+        train.main(tiny_run("straight", "--train.steps", "2", *DISTILL, "--distill.method", method))
+        train.main(tiny_run("halves", "--train.steps", "1", *DISTILL, "--distill.method", method))
+        train.main(["--resume", str(tmp_path / "halves"), "--train.steps", "2"])
+    straight, halves = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "halves")
+    assert any(key.endswith("_u") for key in straight["projector"])  # spectral-norm heads
+    for key, value in straight["projector"].items():
+        assert torch.equal(value, halves["projector"][key]), f"head {key} differs after resume"
+
+
 def test_ema_averages_weights_and_keeps_power_iteration_vectors_unit_length():
     from genkd.models.biggan import Discriminator
 
@@ -169,13 +198,14 @@ def test_two_processes_with_accelerate_launch(tiny_run, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     state = load_checkpoint(tmp_path / "ddp")
     assert state["step"] == 2 and len(state["rng"]) == 2  # one random state per process
-    assert not torch.equal(state["rng"][0]["cpu"], state["rng"][1]["cpu"])
+    assert not torch.equal(state["rng"][0]["torch"], state["rng"][1]["torch"])
     assert all(not key.startswith("module.") for key in state["projector"])  # saved unwrapped from DDP
 
 
 def test_evaluation_during_training_logs_metrics_and_keeps_best_checkpoint(tiny_run, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from genkd.checkpoint import load_generator
     from genkd.metrics import METRIC_KEYS, save_random_inception_weights
 
     weights = save_random_inception_weights(tmp_path / "random-inception.pth")
@@ -185,8 +215,54 @@ def test_evaluation_during_training_logs_metrics_and_keeps_best_checkpoint(tiny_
     train.main(tiny_run("run", "--train.steps", "4", *evaluation))
     best, last = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt"), load_checkpoint(tmp_path / "run")
     assert best["step"] in (2, 4) and best["best_fid"] == last["best_fid"] < float("inf")
+    assert best.keys() == last.keys()  # a full checkpoint: G_ema to report, everything else to resume from it
+    reported = load_generator(tmp_path / "run")  # what eval/evaluate.py reports by default
+    assert (reported.path, reported.step) == (tmp_path / "run" / "checkpoints" / "best.pt", best["step"])
     events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
     logged = {tag.split("eval/")[1] for tag in events.Tags()["scalars"] if "eval/" in tag}
     assert logged == set(METRIC_KEYS)
     fids = [event.value for tag in events.Tags()["scalars"] if tag.endswith("eval/fid") for event in events.Scalars(tag)]
     assert len(fids) == 2 and min(fids) == pytest.approx(last["best_fid"], rel=1e-6)  # TensorBoard keeps float32
+
+
+REGULARIZERS = ["--reg.lecam-weight", "0.3", "--reg.lecam-start", "1", "--reg.cr-weight", "10"]
+
+
+def test_regularizers_log_their_terms_and_resume_exactly(tiny_run, tmp_path):
+    """LeCam's EMA starts decaying at step 1 and its term applies from step 2, so the halves resume mid-average."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train.main(tiny_run("straight", "--train.steps", "4", *REGULARIZERS))
+    train.main(tiny_run("halves", "--train.steps", "2", *REGULARIZERS))
+    train.main(["--resume", str(tmp_path / "halves"), "--train.steps", "4"])
+    straight, halves = load_checkpoint(tmp_path / "straight"), load_checkpoint(tmp_path / "halves")
+    assert torch.equal(straight["regularizers"]["lecam"]["ema"], halves["regularizers"]["lecam"]["ema"])
+    assert straight["regularizers"]["lecam"]["ema"].dtype == torch.float64
+    for model in ("G", "D", "G_ema"):
+        for key, value in straight[model].items():
+            assert torch.equal(value, halves[model][key]), f"{model}.{key} differs after resume"
+    events = EventAccumulator(str(tmp_path / "straight" / "tensorboard")).Reload()
+    logged = {tag.split("loss/")[1]: [e.value for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+    lecam, cr = logged["lecam"], logged["cr"]
+    assert lecam[:2] == [0.0, 0.0] and all(value > 0 for value in lecam[2:])  # steps 1-2 log steps 0-1's term: off
+    assert len(cr) == 4 and all(value > 0 for value in cr)
+
+
+def test_consistency_view_shares_the_discriminator_call(tiny_run, monkeypatch):
+    """With --reg.cr-augment "" the discriminator scores [real | fake | real] in one call (no DiffAugment here)."""
+    from genkd.models.biggan import Discriminator
+
+    inputs, forward = [], Discriminator.forward
+
+    def record(self, x, y, return_features=False):
+        if return_features:
+            inputs.append((x.detach().clone(), y.clone()))
+        return forward(self, x, y, return_features)
+
+    monkeypatch.setattr(Discriminator, "forward", record)
+    train.main(tiny_run("run", "--train.steps", "1", "--train.diffaug", "''", "--reg.cr-weight", "10",
+                        "--reg.cr-augment", "''"))  # fmt: skip
+    assert len(inputs) == 2  # d_steps
+    for images, labels in inputs:
+        assert images.shape[0] == labels.shape[0] == 3 * 6
+        assert torch.equal(images[12:], images[:6]) and torch.equal(labels[12:], labels[:6])

@@ -8,6 +8,15 @@ batch norm -> BN-ReLU-conv3x3 -> tanh. Discriminator: residual blocks of 4w chan
 Spectral norm on every conv and linear layer of both nets and on D's class embedding; G's class embeddings stay plain,
 as in the reference ("SN on G's embedding seems to randomly cripple G"). N(0, 0.02) init (the scripts' N02), no
 attention (the scripts' --G_attn 0 --D_attn 0).
+
+Checked against DiffAugment-biggan-cifar BigGAN.py / layers.py (same files in BigGAN-PyTorch and KD_DLGAN's
+third_party/): class conditioning per layer (``model.shared_dim`` 0: G_shared is off in every script, so each ccbn's
+gain and bias are ``nn.Embedding(n_classes, channels)``, N02-initialised, no SN, applied as ``bn(x) * (1 + gain[y]) +
+bias[y]``); hier off; bottom width 4; batch norm eps 1e-5 and momentum 0.1 (ccbn's F.batch_norm; the output layer's
+``layers.bn`` has a learnable gain 1 / bias 0, i.e. an affine BatchNorm2d); spectral-norm eps 1e-8 (utils.py
+``--SN_eps`` default, passed to both nets; torch's default is 1e-12); one power iteration per training forward. The
+power iteration runs its two half-steps in the other order than layers.SN (see genkd/convert.py, which maps their
+vectors); the 1x1 shortcuts commute with the up- and down-sampling, so their order only changes rounding.
 """
 from typing import Mapping
 
@@ -17,6 +26,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 IMAGE_SIZE = 32
+SN_EPS = 1e-8  # layers.SN's eps as the reference scripts set it (utils.py --SN_eps)
 
 
 def normal_init(module: nn.Module) -> nn.Module:
@@ -27,7 +37,7 @@ def normal_init(module: nn.Module) -> nn.Module:
 
 def sn(module: nn.Module) -> nn.Module:
     """N02 init, then spectral norm, so that its power-iteration vectors start from the final weights."""
-    return spectral_norm(normal_init(module))
+    return spectral_norm(normal_init(module), eps=SN_EPS)
 
 
 def sn_conv(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Module:
@@ -75,7 +85,7 @@ class GeneratorBlock(nn.Module):
 
 
 class Generator(nn.Module):
-    def __init__(self, num_classes: int, width: int = 64, z_dim: int = 128, shared_dim: int = 128, blocks: int = 3):
+    def __init__(self, num_classes: int, width: int = 64, z_dim: int = 128, shared_dim: int = 0, blocks: int = 3):
         super().__init__()
         if not 1 <= blocks <= 5:
             raise ValueError(

@@ -42,14 +42,23 @@ LOSS_DEFAULTS = {
         "kd_weight": 1.0,
         "temperature": 4.0,
     },
-    # Zhang et al. 2025 (VRM): alpha 128 / beta 32 for the inter-sample / inter-class graphs; keep_ratio is ours.
+    # Zhang et al. 2025 (VRM). Which of these the paper states and which are readings: genkd/classifier/losses/vrm.py.
     "vrm": {
         "ce_weight": 1.0,
-        "inter_sample_weight": 128.0,
-        "inter_class_weight": 32.0,
-        "keep_ratio": 0.8,
+        "inter_sample_weight": 128.0,  # alpha
+        "inter_class_weight": 32.0,  # beta
+        "keep_ratio": 0.8,  # share of inter-sample edges kept (lowest entropy), per batch
         "huber_delta": 1.0,
-        "standardize": True,
+        "standardize": True,  # per-sample z-scored logits
+        "entropy": "cross",  # cross | joint: the unreliability of an edge
+        "reduction": "mean",  # mean | edge_sum: of the Huber loss over edges (scales alpha and beta)
+        "inter_class_layout": "cross_view",  # cross_view | within_view
+        "inter_class_pruning": "none",  # none | samples (drop unreliable samples' components)
+        "virtual_ce_weight": 0.0,  # CE on the virtual view too
+        "randaugment_ops": 2,  # the virtual view: RandAugment(num_ops, magnitude) ...
+        "randaugment_magnitude": 9,
+        "cutout": 0,  # ... then a Cutout square of this side (0 = none)
+        "joint_forward": True,  # both views in one 2B batch (shared batch-norm statistics) or one forward each
     },
     # MLDR-KD, the authors' code and configs: T 1, lambda 2, label smoothing 0.1, all term weights 1;
     # project_dim 0 = max(student, teacher feature dim), gate_hidden_dim 0 = 4 * num_classes (their "auto").
@@ -69,12 +78,14 @@ LOSS_METHODS = tuple(LOSS_DEFAULTS)
 LOGIT_ONLY = {"ce": CrossEntropy, "kd": KD, "dist": DIST, "dkd": DKD, "vrm": VRM}  # built from their knobs alone
 
 
-def build_classifier_loss(distill_cfg: Mapping, student: nn.Module, teacher: nn.Module | None, num_classes: int):
+def build_classifier_loss(
+    distill_cfg: Mapping, student: nn.Module, teacher: nn.Module | None, num_classes: int, image_size: int = 32
+):
     """The loss module of ``distill_cfg["method"]`` with its knobs from ``distill_cfg[method]`` over LOSS_DEFAULTS.
 
     VkD reads ``student.feature_dim`` / ``teacher.feature_dim`` (pooled feature widths); MLDR-KD also reads
-    ``student.stage_channels`` (channels of each entry of ``.stages``) and runs the student once on a blank 32x32
-    image to size its stage heads (no gradients, eval mode).
+    ``student.stage_channels`` (channels of each entry of ``.stages``) and runs the student once on a blank
+    ``image_size`` x ``image_size`` image (the training resolution) to size its stage heads (no gradients, eval mode).
     """
     method = distill_cfg["method"]
     if method not in LOSS_DEFAULTS:
@@ -95,5 +106,5 @@ def build_classifier_loss(distill_cfg: Mapping, student: nn.Module, teacher: nn.
         return VkD(student.feature_dim, teacher.feature_dim, **knobs)
     project_dim = knobs.pop("project_dim") or max(student.feature_dim, teacher.feature_dim)
     gate_hidden_dim = knobs.pop("gate_hidden_dim") or 4 * num_classes
-    stages = list(student.stage_channels), stage_sizes(student)
+    stages = list(student.stage_channels), stage_sizes(student, image_size)
     return MLDRKD(*stages, num_classes, project_dim, gate_hidden_dim, **knobs)

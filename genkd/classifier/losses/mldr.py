@@ -101,6 +101,19 @@ def stage_sizes(student: nn.Module, image_size: int = 32) -> list[int]:
     return [stage.shape[-1] for stage in stages]
 
 
+def init_head_weights(module: nn.Module) -> None:
+    """The authors' init of stage heads and gate (mldr_kd/msdf.py): He-normal (fan-out) convs, unit batch norms,
+    truncated-normal (std 0.02) linear layers with zero biases."""
+    if isinstance(module, nn.Conv2d):
+        nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=0.02)
+        nn.init.zeros_(module.bias)
+
+
 class MLDRKD(ClassifierLoss):
     def __init__(
         self,
@@ -125,6 +138,7 @@ class MLDRKD(ClassifierLoss):
         self.gate = nn.Sequential(
             nn.Linear(project_dim, gate_hidden_dim), nn.GELU(), nn.Linear(gate_hidden_dim, num_classes)
         )
+        self.apply(init_head_weights)
         self.temperature, self.prob_weight, self.label_smoothing = temperature, prob_weight, label_smoothing
         self.ce_weight, self.logit_weight = ce_weight, logit_weight
         self.stage_weight, self.fused_weight = stage_weight, fused_weight

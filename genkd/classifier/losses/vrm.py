@@ -4,33 +4,44 @@ Relation matching transfers how predictions relate to each other instead of the 
 relations richer (against over-fitting) and drops the ones a single bad prediction would corrupt (against "spurious
 gradients": in plain relation matching one wrong prediction moves every other sample of the batch).
 
-Protocol, with where each choice comes from:
-- Every image has a second, "virtual" view (RandAugment of the same image; the trainer makes it and passes the
-  models' outputs on it as ``virtual``). Relations are built on logits. [paper, Sec. 3]
-- Logits are first standardised per sample (zero mean, unit std over the classes). [the reviews of the paper name
-  this "ZSNorm" (logit standardisation) as one of VRM's ingredients; knob ``standardize``]
-- Inter-sample graph: vertices are the 2B predictions of both views, the edge between predictions a and b is the
-  L2-normalised difference vector (z_a - z_b) / ||z_a - z_b||_2 in R^C (not a Gram-matrix scalar, which would
-  collapse the class dimension). [paper, Eq. for E^IS, and the reviews' "L2Norm"]
-- Inter-class graph: the same over logit columns, vertices are the C class columns w_i in R^B of each view, edges
-  (w_i - w~_j) / ||w_i - w~_j||_2 in R^B.
-- Redundant edges are dropped: the full 2B x 2B graph is antisymmetric (E_ab = -E_ba), so half of it is redundant,
-  and the intra-view (real-real, virtual-virtual) blocks are dropped, which leaves exactly the real-to-virtual block:
-  E_mn = (z_m - z~_n) / ||z_m - z~_n|| for m, n in the batch, a B x B x C tensor whose diagonal holds the inter-view
-  relation of each image with itself. The inter-class graph is pruned the same way to C x C x B. [paper, "pruning
-  redundant edges"; the real-to-virtual-only reading is this project's]
-- Unreliable edges are dropped from the inter-sample graph, re-decided every step: an edge's "joint entropy" is taken
-  as the cross-entropy of the student's (detached, T = 1) predictions at its two endpoints, both ways:
-  H(p_m, p~_n) + H(p~_n, p_m) with H(p, q) = -sum_c p[c] log q[c] (= H(p) + H(q) + KL(p||q) + KL(q||p)), which is
-  high when the two predictions disagree or are uncertain; only the ``keep_ratio`` share of edges with the lowest
-  value is matched (a batch percentile). [paper: pruning by a joint-entropy criterion on student predictions that
-  measures the discrepancy of the two predictions rather than the certainty of each vertex alone (which would bias
-  learning to easy samples). The exact formula and the paper's keep share were not accessible here: this reading and
-  keep_ratio = 0.8 are this project's choices. The inter-class graph is not entropy-pruned: its edges join classes,
-  not predictions.]
-- Kept edges are matched with the Huber (smooth-L1) loss, averaged over kept edges and edge components, weighted
-  alpha = 128 (inter-sample) and beta = 32 (inter-class), plus cross-entropy on the real view. Instance-level KD on the
-  two views is not part of the default method (the paper studies "vertex matching" only as an extra analysis).
+What the sources say. Read for this module: the paper's abstract (arXiv 2502.20760 v2/v3 and the ICCV 2025 page):
+affinity graphs of inter-sample, inter-class and inter-view correlations built on "virtual views" of the images,
+pruned by "dynamically detaching redundant and unreliable edges"; and a summary of the paper (aitrendblend.com):
+the virtual view comes from stochastic augmentation, the relations keep the class dimension (no Gram-matrix scalar),
+unreliable edges are found on the fly from the "joint entropy of student predictions". The method section, the
+implementation details and the supplement could NOT be read here (only their first page was stored; the authors'
+repository, spacewanderx/VRM, is not mirrored). So every choice below that those texts do not fix is a knob; its
+default is marked [reading] (this project's reading, kept from the first implementation) or [source] (stated in a
+text read above). Where a default is a reading, the listed alternative is the other plausible reading.
+
+Knobs (``LOSS_DEFAULTS["vrm"]``):
+- ``standardize`` True [reading]: per-sample z-score of the logits (reviews of the paper name "ZSNorm").
+- Inter-sample graph [source: class dimension kept]: edge (z_m - z~_n) / ||z_m - z~_n|| in R^C between the real
+  prediction m and the virtual prediction n. Redundant edges [source: "redundant"; reading: which]: the 2B x 2B graph
+  is antisymmetric and its intra-view blocks are dropped, leaving the B x B real-to-virtual block.
+- ``entropy`` "cross" [reading] | "joint": the unreliability of an edge. "cross" = H(p_m, p~_n) + H(p~_n, p_m), the
+  cross-entropies of the student's (detached) predictions both ways, high when the two disagree; "joint" = the joint
+  entropy of the two predictions taken as independent, H(p_m) + H(p~_n) (the textbook joint entropy of the product
+  distribution), high when either is uncertain.
+- ``keep_ratio`` 0.8 [reading]: the share of inter-sample edges with the lowest entropy kept, per batch (percentile).
+- ``inter_class_layout`` "cross_view" [reading] | "within_view": "cross_view" = edges (w_i - w~_j) / ||.|| in R^B
+  between class column i of the real view and column j of the virtual view (C x C x B, the inter-sample layout
+  transposed); "within_view" = edges between the columns of one view, both views (2 x C x C x B).
+- ``inter_class_pruning`` "none" [reading] | "samples": "samples" removes from every inter-class edge the components
+  of the samples whose own inter-view edge (m, m) is unreliable (the ``keep_ratio`` share of the B diagonal edges with
+  the lowest entropy is kept): an inter-class edge has one component per sample, so an unreliable sample is dropped.
+- ``huber_delta`` 1.0 [reading]: smooth-L1 between student and teacher edges.
+- ``reduction`` "mean" [reading] | "edge_sum": "mean" averages the Huber loss over kept edges and edge components;
+  "edge_sum" sums over an edge's components and averages over edges (x C for the inter-sample term, x B for the
+  inter-class one). The reduction scales the effective weights below.
+- ``inter_sample_weight`` 128 / ``inter_class_weight`` 32 [reading: values carried from the first implementation,
+  attributed there to the paper; not verified here].
+- ``ce_weight`` 1 on the real view; ``virtual_ce_weight`` 0 [reading]: CE on the virtual view too (e.g. 1).
+- Virtual view, read by the trainer: ``randaugment_ops`` 2 / ``randaugment_magnitude`` 9 [reading: torchvision's
+  RandAugment defaults; the source says "stochastic augmentation" only], ``cutout`` 0 [reading] (side in pixels of a
+  Cutout square after RandAugment, DeVries & Taylor 2017; 0 = none, 16 is the usual CIFAR side).
+- ``joint_forward`` True [reading]: both views in one 2B batch through each model (batch-norm statistics shared by
+  the views); False = one forward per view.
 """
 import torch
 import torch.nn.functional as F
@@ -56,11 +67,18 @@ def relation_edges(real: torch.Tensor, virtual: torch.Tensor, eps: float = 1e-2)
     return F.normalize(real[:, None, :] - virtual[None, :, :], dim=-1, eps=eps)
 
 
-def edge_entropy(student_real_logits: torch.Tensor, student_virtual_logits: torch.Tensor) -> torch.Tensor:
-    """(B, B) joint entropy of each real-to-virtual edge: H(p_m, p~_n) + H(p~_n, p_m), the cross-entropy of the
-    student's predictions at the edge's two ends taken both ways (so it does not depend on which end is which view)."""
+def edge_entropy(student_real_logits: torch.Tensor, student_virtual_logits: torch.Tensor, kind: str = "cross") -> torch.Tensor:
+    """(B, B) unreliability of each real-to-virtual edge from the student's predictions p_m (real) and p~_n (virtual).
+
+    "cross": H(p_m, p~_n) + H(p~_n, p_m) with H(p, q) = -sum_c p[c] log q[c], the cross-entropy both ways (symmetric
+    in the two ends); "joint": H(p_m) + H(p~_n), the entropy of the product distribution p_m (x) p~_n.
+    """
     log_p_real = F.log_softmax(student_real_logits, dim=1)
     log_p_virtual = F.log_softmax(student_virtual_logits, dim=1)
+    if kind == "joint":
+        own_real = -(log_p_real.exp() * log_p_real).sum(dim=1)
+        own_virtual = -(log_p_virtual.exp() * log_p_virtual).sum(dim=1)
+        return own_real[:, None] + own_virtual[None, :]
     return -(log_p_real.exp() @ log_p_virtual.T) - (log_p_real @ log_p_virtual.exp().T)
 
 
@@ -70,6 +88,19 @@ def reliable_edges(entropy: torch.Tensor, keep_ratio: float) -> torch.Tensor:
     keep = torch.zeros(entropy.numel(), dtype=torch.bool, device=entropy.device)
     keep[torch.topk(entropy.flatten(), num_keep, largest=False).indices] = True
     return keep.view_as(entropy)
+
+
+def inter_class_edges(real: torch.Tensor, virtual: torch.Tensor, layout: str) -> torch.Tensor:
+    """Edges between class columns (R^B each): (C, C, B) across the views, or (2, C, C, B) within each view."""
+    if layout == "within_view":
+        return torch.stack([relation_edges(real.T, real.T), relation_edges(virtual.T, virtual.T)])
+    return relation_edges(real.T, virtual.T)
+
+
+ENTROPIES = ("cross", "joint")
+INTER_CLASS_LAYOUTS = ("cross_view", "within_view")
+INTER_CLASS_PRUNINGS = ("none", "samples")
+REDUCTIONS = ("mean", "edge_sum")
 
 
 class VRM(ClassifierLoss):
@@ -83,13 +114,40 @@ class VRM(ClassifierLoss):
         keep_ratio: float,
         huber_delta: float,
         standardize: bool,
+        entropy: str,
+        reduction: str,
+        inter_class_layout: str,
+        inter_class_pruning: str,
+        virtual_ce_weight: float,
+        randaugment_ops: int,
+        randaugment_magnitude: int,
+        cutout: int,
+        joint_forward: bool,
     ):
         super().__init__()
         if not 0.0 < keep_ratio <= 1.0:
             raise ValueError(f"VRM keep_ratio must be in (0, 1] (share of inter-sample edges kept), got {keep_ratio}")
-        self.ce_weight, self.keep_ratio, self.huber_delta = ce_weight, keep_ratio, huber_delta
+        for name, value, accepted in (
+            ("entropy", entropy, ENTROPIES),
+            ("reduction", reduction, REDUCTIONS),
+            ("inter_class_layout", inter_class_layout, INTER_CLASS_LAYOUTS),
+            ("inter_class_pruning", inter_class_pruning, INTER_CLASS_PRUNINGS),
+        ):
+            if value not in accepted:
+                raise ValueError(f"VRM {name} must be one of {', '.join(accepted)}, got {value!r}")
+        self.ce_weight, self.virtual_ce_weight = ce_weight, virtual_ce_weight
+        self.keep_ratio, self.huber_delta, self.standardize = keep_ratio, huber_delta, standardize
         self.inter_sample_weight, self.inter_class_weight = inter_sample_weight, inter_class_weight
-        self.standardize = standardize
+        self.entropy, self.reduction = entropy, reduction
+        self.inter_class_layout, self.inter_class_pruning = inter_class_layout, inter_class_pruning
+        # Read by the trainer: how to make the virtual view and whether both views share one forward pass.
+        self.randaugment_ops, self.randaugment_magnitude, self.cutout = randaugment_ops, randaugment_magnitude, cutout
+        self.joint_forward = joint_forward
+
+    def match(self, student_edges: torch.Tensor, teacher_edges: torch.Tensor) -> torch.Tensor:
+        """Huber loss of (..., K) edges: mean over everything, or summed over the K components, mean over edges."""
+        loss = F.smooth_l1_loss(student_edges, teacher_edges, beta=self.huber_delta, reduction="none")
+        return loss.sum(dim=-1).mean() if self.reduction == "edge_sum" else loss.mean()
 
     def forward(self, student, teacher, labels, epoch=0, virtual=None):
         if virtual is None:
@@ -100,20 +158,22 @@ class VRM(ClassifierLoss):
         student_virtual, teacher_virtual = virtual
         s_real, s_virtual = logits_of(student), logits_of(student_virtual)
         t_real, t_virtual = logits_of(teacher).detach(), logits_of(teacher_virtual).detach()
-        keep = reliable_edges(edge_entropy(s_real.detach(), s_virtual.detach()), self.keep_ratio)
+        entropy = edge_entropy(s_real.detach(), s_virtual.detach(), self.entropy)
+        keep = reliable_edges(entropy, self.keep_ratio)
         if self.standardize:
             s_real, s_virtual, t_real, t_virtual = map(standardize_logits, (s_real, s_virtual, t_real, t_virtual))
 
-        inter_sample = F.smooth_l1_loss(
-            relation_edges(s_real, s_virtual)[keep],
-            relation_edges(t_real, t_virtual)[keep],
-            beta=self.huber_delta,
-        )
-        inter_class = F.smooth_l1_loss(
-            relation_edges(s_real.T, s_virtual.T), relation_edges(t_real.T, t_virtual.T), beta=self.huber_delta
-        )
-        return {
+        inter_sample = self.match(relation_edges(s_real, s_virtual)[keep], relation_edges(t_real, t_virtual)[keep])
+        student_class = inter_class_edges(s_real, s_virtual, self.inter_class_layout)
+        teacher_class = inter_class_edges(t_real, t_virtual, self.inter_class_layout)
+        if self.inter_class_pruning == "samples":  # keep the components of the samples with a reliable self-edge
+            reliable_samples = reliable_edges(entropy.diagonal(), self.keep_ratio)
+            student_class, teacher_class = student_class[..., reliable_samples], teacher_class[..., reliable_samples]
+        terms = {
             "ce": self.ce_weight * F.cross_entropy(logits_of(student), labels),
             "inter_sample": self.inter_sample_weight * inter_sample,
-            "inter_class": self.inter_class_weight * inter_class,
+            "inter_class": self.inter_class_weight * self.match(student_class, teacher_class),
         }
+        if self.virtual_ce_weight:
+            terms["virtual_ce"] = self.virtual_ce_weight * F.cross_entropy(logits_of(student_virtual), labels)
+        return terms
