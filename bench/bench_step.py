@@ -18,7 +18,8 @@ configured by its own utils.prepare_parser() with the script's flags. Its data l
 data on the device, RealBatches is timed), nor is its --parallel (nn.DataParallel is a no-op on CPU).
 
 Variants are timed interleaved (A, B, C, A, B, C, ...) after a warm-up iteration each; the median of the repeats and
-the spread (min - max) are printed, and every ratio is between medians of the same run.
+the spread (min - max) are printed, and every ratio is between medians of the same run, for wall time and for this
+process's CPU time (the steadier one on a CPU shared with other jobs).
 """
 import argparse
 import os
@@ -187,14 +188,15 @@ def main() -> None:
             fn()
         synchronize(device)
         warmup[name] = time.perf_counter() - start
-    times = {name: [] for name in variants}
+    times, cpu_times = {name: [] for name in variants}, {name: [] for name in variants}
     for _ in range(args.repeats):
         for name, fn in variants.items():
             synchronize(device)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             fn()
             synchronize(device)
             times[name].append(time.perf_counter() - start)
+            cpu_times[name].append(time.process_time() - cpu_start)
     load_after = os.getloadavg()
 
     threads = f"cpu ({torch.get_num_threads()} threads)"
@@ -211,6 +213,15 @@ def main() -> None:
                f"{median[name] / base:6.3f}x {next(iter(median))}"
         if reference:
             line += f"  {median[name] / reference:6.3f}x reference"
+        print(line)
+    # On a shared CPU other jobs' load stretches wall times unevenly; the CPU time of this process (all its threads)
+    # is the steadier figure there (on a GPU it only counts the host side).
+    cpu_median = {name: statistics.median(values) for name, values in cpu_times.items()}
+    cpu_reference = cpu_median.get("reference (data-efficient-gans)")
+    for name in cpu_times:
+        line = f"  CPU time {name:51s} {cpu_median[name]:8.3f} s  {cpu_median[name] / cpu_median[next(iter(cpu_median))]:6.3f}x"
+        if cpu_reference:
+            line += f"  {cpu_median[name] / cpu_reference:6.3f}x reference"
         print(line)
 
 
