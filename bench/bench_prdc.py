@@ -2,6 +2,7 @@
 
     python bench/bench_prdc.py                      # N = M = 10,000 vs prdc, then ours alone at 50,000
     python bench/bench_prdc.py --device cuda --large 50000
+    python bench/bench_prdc.py --cases flat,heavy --large 0      # adversarial cases only
 
 Features are structured like Inception pool features (non-negative, low-rank, ten clusters; the fake set shifted),
 2048-d float32. Targets: >= 5x faster than prdc on CPU at 10k, 50k within 4 GiB.
@@ -14,7 +15,14 @@ MALLOC_MMAP_THRESHOLD_=131072 shows the live peak, at a large cost in speed). Th
 for a like-for-like comparison. On CUDA: torch.cuda.max_memory_allocated.
 
 Speed depends on the features: the sweep keeps a rank-128 principal subspace in float32 and quantises the rest to int8,
-so the less spread lies beyond that subspace, the fewer pairs need the exact path (these features: 8 %).
+so the less spread lies beyond that subspace, the fewer pairs need the exact path (these features: 8 %). The
+adversarial cases (``--cases``) are the inputs where that bound is loose: there genkd decides from a sample to run its
+plain exact path, and must still be at least as fast as prdc (ratio >= 1.0) and equal to it:
+
+* flat: isotropic Gaussian features, no principal subspace worth keeping (the whole spread lands in the int8 tail);
+* heavy: Student-t (1.5 degrees of freedom) coordinates, a few huge values set the int8 step for everyone;
+* far: the inception-like features with the fake set shifted far away (large norms, margins, against small radii);
+* ties: features on a coarse integer grid, every point repeated 3 times (duplicates, masses of equal distances).
 """
 import argparse
 import contextlib
@@ -42,6 +50,30 @@ def structured_features(count: int, dim: int, seed: int, shift: float = 0.0) -> 
     rng = np.random.default_rng(seed)
     latent = centres[rng.integers(0, 10, count)] + rng.standard_normal((count, 64), dtype=np.float32) + shift
     return np.maximum(latent @ mixing, 0).astype(np.float32)
+
+
+def adversarial_features(case: str, count: int, dim: int, seed: int) -> np.ndarray:
+    """One set of an adversarial case (see the module docstring); ``seed`` 0 is the real set, 1 the fake one."""
+    rng = np.random.default_rng(100 + seed)
+    if case == "flat":
+        return rng.standard_normal((count, dim), dtype=np.float32) + 0.1 * seed
+    if case == "heavy":
+        return rng.standard_t(1.5, (count, dim)).astype(np.float32) + 0.1 * seed
+    if case == "far":
+        return structured_features(count, dim, seed, shift=8.0 * seed)
+    if case == "ties":
+        distinct = rng.integers(0, 3, (-(-count // 3), dim)).astype(np.float32)
+        return np.repeat(distinct, 3, axis=0)[:count]
+    raise ValueError(f"unknown case {case!r}: choose from {', '.join(CASES)}")
+
+
+CASES = ("inception-like", "flat", "heavy", "far", "ties")
+
+
+def case_features(case: str, count: int, dim: int, seed: int) -> np.ndarray:
+    if case == "inception-like":
+        return structured_features(count, dim, seed, shift=0.15 * seed)
+    return adversarial_features(case, count, dim, seed)
 
 
 def _status_kib(field: str) -> int:
@@ -89,6 +121,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=2048)
     parser.add_argument("--k", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma list of {', '.join(CASES)}")
     parser.add_argument("--tile-size", type=int, default=None, help=f"default: {DEFAULTS['prdc_tile_size']}")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -100,27 +133,32 @@ def main() -> None:
     def ours(real_t: torch.Tensor, fake_t: torch.Tensor):
         return measure(lambda: compute_prdc(real_t, fake_t, args.k, args.tile_size, device), device)
 
-    real = structured_features(args.size, args.dim, seed=0)
-    fake = structured_features(args.size, args.dim, seed=1, shift=0.15)
     # Warm both up on a few points (library loading, kernel selection), then time ours first: the reference's worker
     # threads and processes linger after it returns and would slow whatever ran next.
+    warm_real, warm_fake = structured_features(200, args.dim, 0), structured_features(200, args.dim, 1, shift=0.15)
     with contextlib.redirect_stdout(io.StringIO()):  # prdc prints its sizes
-        reference_prdc.compute_prdc(real[:200], fake[:200], args.k)
-    compute_prdc(torch.from_numpy(real[:200]).to(device), torch.from_numpy(fake[:200]).to(device), args.k)
-    result, seconds, memory = ours(torch.from_numpy(real).to(device), torch.from_numpy(fake).to(device))
-    with contextlib.redirect_stdout(io.StringIO()):
-        reference, reference_s, reference_memory = measure(
-            lambda: reference_prdc.compute_prdc(real, fake, args.k), torch.device("cpu"), numpy=True
+        reference_prdc.compute_prdc(warm_real, warm_fake, args.k)
+    compute_prdc(torch.from_numpy(warm_real).to(device), torch.from_numpy(warm_fake).to(device), args.k)
+    ratios = {}
+    for case in args.cases.split(","):
+        real, fake = (case_features(case, args.size, args.dim, seed) for seed in (0, 1))
+        result, seconds, memory = ours(torch.from_numpy(real).to(device), torch.from_numpy(fake).to(device))
+        with contextlib.redirect_stdout(io.StringIO()):
+            reference, reference_s, reference_memory = measure(
+                lambda: reference_prdc.compute_prdc(real, fake, args.k), torch.device("cpu"), numpy=True
+            )
+        difference = max(abs(float(reference[key]) - result[key]) for key in result)
+        ratios[case] = reference_s[0] / seconds[0]
+        print(f"{case}: N = M = {args.size}  (load average {os.getloadavg()[0]:.1f}; wall time shared, CPU time ours)")
+        reference_times = f"{reference_s[0]:7.1f} s wall {reference_s[1]:7.1f} s CPU"
+        print(f"  prdc (sklearn)      {reference_times}  {describe(reference_memory)}")
+        print(f"  genkd.metrics.prdc  {seconds[0]:7.1f} s wall {seconds[1]:7.1f} s CPU  {describe(memory)}")
+        print(
+            f"  speed-up {ratios[case]:.2f}x wall, {reference_s[1] / seconds[1]:.2f}x CPU; "
+            f"max |difference| of the four metrics: {difference:.1e}"
         )
-    difference = max(abs(float(reference[key]) - result[key]) for key in result)
-    print(f"N = M = {args.size}  (load average: {os.getloadavg()[0]:.1f}; wall time is shared, CPU time is ours)")
-    print(f"  prdc (sklearn)      {reference_s[0]:7.1f} s wall {reference_s[1]:7.1f} s CPU  {describe(reference_memory)}")
-    print(f"  genkd.metrics.prdc  {seconds[0]:7.1f} s wall {seconds[1]:7.1f} s CPU  {describe(memory)}")
-    print(
-        f"  speed-up {reference_s[0] / seconds[0]:.1f}x wall, {reference_s[1] / seconds[1]:.1f}x CPU; "
-        f"max |difference| of the four metrics: {difference:.1e}"
-    )
-    print("  " + ", ".join(f"{key} {value:.4f}" for key, value in result.items()))
+        print("  " + ", ".join(f"{key} {value:.4f}" for key, value in result.items()))
+    print("speed-up over prdc (wall): " + ", ".join(f"{case} {ratio:.2f}x" for case, ratio in ratios.items()))
 
     if args.large:
         real = torch.from_numpy(structured_features(args.large, args.dim, seed=2)).to(device)

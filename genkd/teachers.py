@@ -8,7 +8,15 @@ open_clip / Hugging Face cache); random weights only with ``distill.random_teach
 ``distill.dtype`` bf16/fp16 casts the encoder's weights once, at build time, the way open_clip's ``precision``
 argument does (OpenAI's scheme: matmul and conv weights in low precision, LayerNorm computed in float32). Casting
 beats autocast here because the teacher is frozen: autocast would re-cast every weight at every step (it caches
-casts only for weights that require grad) and keep the float32 copy in memory as well.
+casts only for weights that require grad) and keep the float32 copy in memory as well. Measured on a 2-core AVX512-BF16
+CPU, ViT-B-32 at 224 px, batch 20: fp32 2.79 s, bf16 autocast 3.89 s, bf16 weights 1.09 s; features within cosine
+0.999 of fp32 on real CIFAR images (tests/test_teachers.py). Attention is open_clip's ``nn.MultiheadAttention``
+called with ``need_weights=False``, which runs torch's fused scaled-dot-product attention (SDPA; a test checks).
+
+Knobs that change the teacher's features on purpose, off by default (cost and drift: bench/bench_distill.py):
+``distill.teacher_resolution`` feeds the encoder smaller images (open_clip's ``force_image_size``; loaded weights get
+their positional embedding resampled by open_clip), and ``distill.every`` (genkd/train.py) distils on 1 of every k
+discriminator steps.
 """
 import json
 import warnings
@@ -170,6 +178,7 @@ def build_teacher(distill_cfg: Mapping, prompts: Sequence[str] = ()) -> Teacher:
         precision=distill_cfg["dtype"],
         force_quick_gelu=tag_cfg.get("quick_gelu", False),
         force_preprocess_cfg={key: tag_cfg[key] for key in ("mean", "std", "interpolation") if key in tag_cfg},
+        force_image_size=distill_cfg.get("teacher_resolution") or None,
     )
     feature_dim = open_clip.get_model_config(model_name)["embed_dim"]
     teacher = Teacher(model.visual, feature_dim, distill_cfg["preprocess"])

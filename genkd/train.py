@@ -35,6 +35,8 @@ from genkd.distill import build_distiller
 from genkd.evaluation import EvaluationError, Evaluator, append_history, plot_history
 from genkd.metrics.inception import InceptionWeightsError
 from genkd.models.biggan import build_models
+from genkd.speed import SpeedError, adam, prepare_module
+from genkd.speed import resolve as resolve_speed
 from genkd.regularizers import Regularizers
 from genkd.sampling import sampling_mode
 from genkd.preemption import GracefulStop, Preempted, stop_message
@@ -69,9 +71,14 @@ class RealBatches:
     def __call__(self, k: int):
         """Real images in [-1, 1] with a random horizontal flip, and their labels."""
         first = (k * self.world_size + self.rank) * self.batch_size
-        positions = range(first, first + self.batch_size)
+        positions = torch.arange(first, first + self.batch_size)
         n = len(self.labels)
-        index = torch.stack([self._permutation(p // n)[p % n] for p in positions]).to(self.labels.device)
+        epochs, offsets = positions // n, positions % n
+        index = torch.empty_like(positions)
+        for epoch in range(first // n, (first + self.batch_size - 1) // n + 1):  # one or two epochs per batch
+            in_epoch = epochs == epoch
+            index[in_epoch] = self._permutation(epoch)[offsets[in_epoch]]
+        index = index.to(self.labels.device, non_blocking=True)
         images = self.images[index].float().div(127.5).sub(1.0)
         flip = torch.rand(len(index), 1, 1, 1, device=images.device) < 0.5
         return torch.where(flip, images.flip(3), images), self.labels[index]
@@ -83,14 +90,20 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
     spectral-norm vectors too, as BigGAN's EMA does); a plain copy while decay is 0 (before ``train.ema_start``).
 
     Averaged power-iteration vectors are renormalised: in eval mode spectral norm uses them as they are, and a
-    shorter-than-unit vector would underestimate the largest singular value."""
-    for (name, ema_value), value in zip(ema.state_dict().items(), model.state_dict().values()):
-        if ema_value.dtype.is_floating_point:
-            ema_value.lerp_(value, 1.0 - decay)
-            if name.endswith(("._u", "._v")):
-                ema_value.copy_(F.normalize(ema_value, dim=0))
-        else:
-            ema_value.copy_(value)
+    shorter-than-unit vector would underestimate the largest singular value.
+
+    One ``torch._foreach_*`` call per kind of entry instead of a Python loop of small ops (the same arithmetic)."""
+    pairs = list(zip(ema.state_dict().items(), model.state_dict().values()))
+    floats = [(name, ema_value, value) for (name, ema_value), value in pairs if ema_value.dtype.is_floating_point]
+    others = [(ema_value, value) for (_, ema_value), value in pairs if not ema_value.dtype.is_floating_point]
+    if floats:
+        torch._foreach_lerp_([ema_value for _, ema_value, _ in floats], [value for _, _, value in floats], 1.0 - decay)
+    vectors = [ema_value for name, ema_value, _ in floats if name.endswith(("._u", "._v"))]
+    if vectors:  # F.normalize(v, dim=0) of each: v / max(|v|, 1e-12)
+        norms = torch._foreach_clamp_min(torch._foreach_norm(vectors), 1e-12)
+        torch._foreach_div_(vectors, norms)
+    if others:
+        torch._foreach_copy_([ema_value for ema_value, _ in others], [value for _, value in others])
 
 
 @torch.no_grad()
@@ -135,9 +148,12 @@ def run_training(argv, stop: GracefulStop) -> None:
     generator_ema.load_state_dict(generator.state_dict())
     generator_ema.to(device).eval().requires_grad_(False)
     distiller = build_distiller(cfg.distill, discriminator.feature_dim, num_classes)
+    speed = resolve_speed(cfg.speed, device)  # genkd/speed.py: compiled, channels_last G and D, fused Adam
+    for module in (generator, discriminator, *([distiller.teacher.encoder] if distiller else [])):
+        prepare_module(module, speed)
     d_parameters = list(discriminator.parameters()) + (list(distiller.parameters()) if distiller else [])
-    optimizer_g = torch.optim.Adam(generator.parameters(), lr=cfg.train.g_lr, betas=tuple(cfg.train.betas))
-    optimizer_d = torch.optim.Adam(d_parameters, lr=cfg.train.d_lr, betas=tuple(cfg.train.betas))
+    optimizer_g = adam(generator.parameters(), cfg.train.g_lr, cfg.train.betas, speed)
+    optimizer_d = adam(d_parameters, cfg.train.d_lr, cfg.train.betas, speed)
     regularizers = Regularizers(cfg.reg, reduce_mean=lambda tensor: accelerator.reduce(tensor, "mean"))
 
     evaluator = Evaluator(cfg, accelerator) if cfg.eval.every else None  # checks the Inception weights now
@@ -229,7 +245,7 @@ def run_training(argv, stop: GracefulStop) -> None:
                 loss_d_fake = F.relu(1.0 + logits[batch : 2 * batch]).mean()
                 loss_reg, reg_terms = regularizers(logits.float(), batch, step)
                 loss_d = loss_d_real + loss_d_fake + loss_reg
-                if distiller:
+                if distiller and (step * cfg.train.d_steps + d_step) % cfg.distill.every == 0:
                     loss_distill = distiller(features[: 2 * batch].float(), augmented, num_real=batch)
                     loss_d = loss_d + distiller.weight * loss_distill
             optimizer_d.zero_grad(set_to_none=True)
@@ -299,7 +315,8 @@ def run_training(argv, stop: GracefulStop) -> None:
 
 
 ERRORS = (
-    ConfigError, DataError, CheckpointError, TeacherError, EvaluationError, InceptionWeightsError, NonFiniteLossError
+    ConfigError, DataError, CheckpointError, TeacherError, EvaluationError, InceptionWeightsError, NonFiniteLossError,
+    SpeedError,
 )  # one line each; the `genkd` command catches these too
 
 if __name__ == "__main__":

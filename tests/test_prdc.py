@@ -164,3 +164,37 @@ def test_distances_are_rounded_to_float32_like_the_reference():
     in_float32 = assert_same(real, fake, 1, tile_size=2)
     in_float64 = assert_same(real.astype(np.float64), fake.astype(np.float64), 1, tile_size=2)
     assert (in_float32["coverage"], in_float64["coverage"]) == (pytest.approx(1 / 3), pytest.approx(2 / 3))
+
+
+@pytest.mark.parametrize("path", ["sweep", "exact"])
+def test_both_paths_equal_the_reference_on_hard_cases(pixel_features, path, monkeypatch):
+    """The worst-case fallback (plain exact path) and the sweep, each forced, on the cases where decisions are close:
+    real pixels, duplicates and ties, float64 and mixed inputs, the float32 rounding of a distance."""
+    monkeypatch.setattr(ours, "UNDECIDED_SHARE", {"sweep": float("inf"), "exact": -1.0}[path])
+    real, fake = pixel_features
+    forced = assert_same(real, fake, 5, tile_size=256)
+    monkeypatch.undo()
+    assert forced == compute_prdc(real, fake, 5, tile_size=256)  # identical, not only close
+    monkeypatch.setattr(ours, "UNDECIDED_SHARE", {"sweep": float("inf"), "exact": -1.0}[path])
+    rng = np.random.default_rng(5)
+    grid = rng.integers(0, 3, (300, 6)).astype(np.float32)
+    for k in (1, 3):
+        assert_same(grid, rng.integers(0, 3, (280, 6)).astype(np.float32), k, tile_size=64)
+    assert_same(rng.standard_normal((250, 32)), rng.standard_normal((270, 32)).astype(np.float32) + 0.2, 5, 97)
+    test_distances_are_rounded_to_float32_like_the_reference()
+
+
+def test_the_sample_sends_loose_bounds_to_the_exact_path(pixel_features, monkeypatch):
+    """Heavy-tailed features (a few huge values set the int8 step) leave most sampled pairs undecided and take the
+    exact path; low-rank features take the sweep. Either way the result is the reference's."""
+    chosen = []
+    exact_counts = ours._exact_counts
+    monkeypatch.setattr(ours, "_exact_counts", lambda *args: chosen.append("exact") or exact_counts(*args))
+    rng = np.random.default_rng(6)
+    heavy = rng.standard_t(1.5, (400, 512)).astype(np.float32)
+    assert_same(heavy, rng.standard_t(1.5, (350, 512)).astype(np.float32) + 0.1, 5, tile_size=128)
+    assert chosen == ["exact"]
+    latent = rng.standard_normal((750, 8)).astype(np.float32)
+    low_rank = np.maximum(latent @ rng.standard_normal((8, 512)).astype(np.float32), 0)
+    assert_same(low_rank[:400], low_rank[400:], 5, tile_size=128)
+    assert chosen == ["exact"]

@@ -22,6 +22,13 @@ the four counts from per-tile comparisons. The decisions are still the reference
 int8 matmuls run about 5x faster than float32 ones on CPUs with VNNI (and on tensor cores), so the sweep costs about
 two int8 matmuls' worth of work (N^2 / 2 + M^2 / 2 + N M pairs), where the reference does three float64 ones. How many
 pairs need the exact path depends on how much spread the head misses: a few per point for Inception-like features.
+
+Worst case. When the bound is loose against the radii (flat spectra, heavy tails, sets far apart, masses of ties), the
+undecided pairs and whole-row recomputations would cost more than the sweep saves. So before the sweep, a strided
+sample of ``DECISION_SAMPLE`` points per set is swept against both whole sets (5 % of the work at 10,000 points) and
+the share of pairs that would land in the exact path is measured; above ``UNDECIDED_SHARE`` the plain exact path runs
+instead: scikit-learn's float64 distances tile by tile (symmetric tiles once), running top-k radii, strict comparisons.
+It makes the reference's decisions by construction and does 2/3 of its pairs, so it is never slower than ``prdc``.
 """
 import functools
 from dataclasses import dataclass, field
@@ -41,6 +48,10 @@ INT8_MAX = 127
 CANDIDATES_BEYOND_K = 16  # extra nearest neighbours kept by the sweep, so that an exact radius rarely needs a new pass
 GROUP = 8  # entries per group when the sweep looks for the smallest entries of a tile line (see _smallest)
 PAIRS_PER_CHUNK = 1 << 18  # feature values handled at once in float64 (exact path, split): chunks that stay in cache
+DECISION_SAMPLE = 256  # points per set whose sweep rows decide between the sweep and the plain exact path
+# Largest share of a sample's pairs within their error of a radius for which the sweep still pays: an undecided pair
+# costs a float64 gather-dot of D values (~50 matmul pairs' worth); calibrated with bench/bench_prdc.py.
+UNDECIDED_SHARE = 0.01
 
 
 def _padded(length: int) -> int:
@@ -341,8 +352,11 @@ def compute_prdc(
         ratio = _quantisation_ratio(real_set, fake_set)
         real_set.bound_with(ratio)
         fake_set.bound_with(ratio)
-        real_radii, fake_radii = _knn_radii(real_set, k, tile_size), _knn_radii(fake_set, k, tile_size)
-        counts = _ball_counts(real_radii, fake_radii, tile_size)
+        if _undecided_share(real_set, fake_set, k) > UNDECIDED_SHARE:
+            counts = _exact_counts(real_set, fake_set, k, tile_size)
+        else:
+            real_radii, fake_radii = _knn_radii(real_set, k, tile_size), _knn_radii(fake_set, k, tile_size)
+            counts = _ball_counts(real_radii, fake_radii, tile_size)
 
     fakes_in_real_balls, fake_in_some_real_ball, real_ball_holds_fake, real_in_some_fake_ball = counts
     return {
@@ -416,4 +430,90 @@ def _ball_counts(real_radii: _Radii, fake_radii: _Radii, tile_size: int):
     in_real[real_side] = distances[real_side] < real_radii.exact(rows[real_side]).to(dtype)
     in_fake[fake_side] = distances[fake_side] < fake_radii.exact(cols[fake_side]).to(dtype)
     count(rows, cols, in_real, in_fake)
+    return fakes_in_real_balls, fake_in_some_real_ball, real_ball_holds_fake, real_in_some_fake_ball
+
+
+def _sample(count: int) -> torch.Tensor:
+    return torch.arange(0, count, max(1, count // DECISION_SAMPLE))[:DECISION_SAMPLE]
+
+
+def _undecided_share(real: _FeatureSet, fake: _FeatureSet, k: int) -> float:
+    """Share of the sampled points' pairs (with their own set, for the radii, and with the other set, for the balls)
+    whose sweep distance lies within its error of the sampled point's k-NN radius: what the exact path would get.
+
+    The sampled rows are swept against the whole sets, so their radii bounds are the ones the full sweep would find.
+    """
+    share, pairs = 0.0, 0
+    for points, other in ((real, fake), (fake, real)):
+        rows = _sample(len(points)).to(points.original.device)
+        own = _squared_distances(_rows_of(points, rows), slice(0, len(rows)), points, slice(0, len(points))).double()
+        cross = _squared_distances(_rows_of(points, rows), slice(0, len(rows)), other, slice(0, len(other))).double()
+        error = points.margin[rows] + torch.maximum(points.margin.max(), other.margin.max())
+        radius = own.kthvalue(k + 1, dim=1).values  # self included, at ~0
+        low, high = (radius - 2 * error) * (1 - SLACK), (radius + 2 * error) * (1 + SLACK)
+        for distances in (own, cross):
+            share += ((distances >= low[:, None]) & (distances <= high[:, None])).sum().item()
+            pairs += distances.numel()
+    return share / pairs
+
+
+def _rows_of(points: _FeatureSet, rows: torch.Tensor) -> _FeatureSet:
+    """The sweep view of a subset of points (padded int8 tail block included)."""
+    tail = torch.zeros(len(rows) + _padded(1), points.tail.shape[1], dtype=torch.int8, device=points.tail.device)
+    tail[: len(rows)] = points.tail[rows]
+    parts = [points.head[rows], points.head_right[rows], tail, points.scale]
+    return _FeatureSet(points.original[rows], points.norms[rows], *parts, *(
+        values[rows] for values in (points.tail_norms, points.rounding_norms, points.float_margin)))
+
+
+def _exact_tile(x: _FeatureSet, rows: slice, y: _FeatureSet, cols: slice, dtype, same_set: bool) -> torch.Tensor:
+    """scikit-learn's euclidean distances of a tile: float64 ``(-2 x.y + |x|^2) + |y|^2``, clamped at 0, rounded to
+    the features' dtype, square-rooted; the diagonal of a set against itself zeroed."""
+    dots = x.original[rows].double() @ y.original[cols].double().T
+    squared = (-2 * dots + x.norms[rows, None]) + y.norms[None, cols]
+    distances = squared.clamp_(min=0).to(dtype).sqrt_()
+    if same_set and rows.start < cols.stop and cols.start < rows.stop:
+        index = torch.arange(rows.start, rows.stop, device=distances.device)
+        on_diagonal = index[:, None] == torch.arange(cols.start, cols.stop, device=distances.device)
+        distances[on_diagonal] = 0
+    return distances
+
+
+def _exact_radii(points: _FeatureSet, k: int, tile_size: int, dtype) -> torch.Tensor:
+    """Each point's (k+1)-th smallest distance within its set (self at 0 included), symmetric tiles computed once."""
+    count = len(points)
+    smallest = torch.full((count, k + 1), float("inf"), dtype=dtype, device=points.original.device)
+
+    def merge(rows: slice, distances: torch.Tensor) -> None:
+        joined = torch.cat([smallest[rows], distances], dim=1)
+        smallest[rows] = joined.topk(min(k + 1, joined.shape[1]), dim=1, largest=False).values
+
+    blocks = _blocks(count, tile_size)
+    for index, cols in enumerate(blocks):
+        for rows in blocks[: index + 1]:
+            distances = _exact_tile(points, rows, points, cols, dtype, same_set=True)
+            merge(rows, distances)
+            if rows != cols:
+                merge(cols, distances.T)
+    return smallest[:, k]
+
+
+def _exact_counts(real: _FeatureSet, fake: _FeatureSet, k: int, tile_size: int):
+    """The four per-point counts of ``_ball_counts``, the reference's way: exact distances everywhere."""
+    device = real.original.device
+    dtype = torch.float32 if real.original.dtype == fake.original.dtype == torch.float32 else torch.float64
+    real_radii = _exact_radii(real, k, tile_size, real.original.dtype).to(dtype)
+    fake_radii = _exact_radii(fake, k, tile_size, fake.original.dtype).to(dtype)
+    fakes_in_real_balls = torch.zeros(len(fake), dtype=torch.long, device=device)
+    fake_in_some_real_ball = torch.zeros(len(fake), dtype=torch.bool, device=device)
+    real_ball_holds_fake = torch.zeros(len(real), dtype=torch.bool, device=device)
+    real_in_some_fake_ball = torch.zeros(len(real), dtype=torch.bool, device=device)
+    for cols in _blocks(len(fake), tile_size):
+        for rows in _blocks(len(real), tile_size):
+            distances = _exact_tile(real, rows, fake, cols, dtype, same_set=False)
+            in_real = distances < real_radii[rows, None]
+            fakes_in_real_balls[cols] += in_real.sum(dim=0)
+            fake_in_some_real_ball[cols] |= in_real.any(dim=0)
+            real_ball_holds_fake[rows] |= in_real.any(dim=1)
+            real_in_some_fake_ball[rows] |= (distances < fake_radii[None, cols]).any(dim=1)
     return fakes_in_real_balls, fake_in_some_real_ball, real_ball_holds_fake, real_in_some_fake_ball
